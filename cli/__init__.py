@@ -1,0 +1,1 @@
+"""cli: the ``grpopp`` command line (Typer). Entry point: ``cli.main:app``."""

@@ -1,0 +1,106 @@
+"""The ``grpopp`` command line.
+
+Commands so far:
+- ``grpopp algo list``: the algorithm presets side by side, with their sources.
+- ``grpopp algo show NAME [--set KEY=VALUE ...]``: one preset's full config, with overrides
+  applied and validated, as JSON (the form a training config will embed).
+- ``grpopp version``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, get_preset
+from grpopp_trainer.config_tools import ConfigError, apply_overrides
+
+app = typer.Typer(
+    help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    epilog="Planned next: envs (environments and verifiers), train, eval, report, sandbox.",
+)
+algo_app = typer.Typer(
+    help="Algorithm presets: GRPO, DAPO, Dr. GRPO, GSPO, CISPO and grpopp.",
+    no_args_is_help=True,
+)
+app.add_typer(algo_app, name="algo")
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _describe(cfg: AlgorithmConfig) -> dict[str, str]:
+    loss = cfg.loss
+    clip = f"{loss.eps_low:g} / {loss.eps_high:g}" + (f", dual {loss.dual_clip:g}" if loss.dual_clip else "")
+    aggregation = loss.aggregation + (f" (L={loss.norm_length})" if loss.norm_length else "")
+    overlong = [
+        name for name, on in (("soft", cfg.overlong.soft_punishment), ("filter", cfg.overlong.filter_truncated)) if on
+    ]
+    return {
+        "objective": loss.objective,
+        "clip low / high": clip,
+        "aggregation": aggregation,
+        "advantage": cfg.advantage_scale,
+        "KL": f"{loss.kl_estimator} x {loss.kl_coef:g}" if loss.kl_coef > 0 else "off",
+        "TIS": f"{loss.tis} (C={loss.tis_cap:g})" if loss.tis != "off" else "off",
+        "dyn. sampling": "on" if cfg.dynamic_sampling.enabled else "off",
+        "overlong": ", ".join(overlong) or "off",
+    }
+
+
+@algo_app.command("list")
+def algo_list() -> None:
+    """Show every preset's settings side by side, and the paper each follows."""
+    table = Table(title="grpopp algorithm presets", show_lines=True)
+    table.add_column("preset", style="bold")
+    columns = list(_describe(get_preset("grpopp")))
+    for column in columns:
+        table.add_column(column)
+    table.add_column("source")
+    for name, preset in PRESETS.items():
+        row = _describe(preset.config)
+        table.add_row(name, *(row[column] for column in columns), preset.source)
+    console.print(table)
+    console.print("Details: grpopp algo show NAME; override any field with --set KEY=VALUE.")
+
+
+@algo_app.command("show")
+def algo_show(
+    name: Annotated[str, typer.Argument(help="Preset name (see `grpopp algo list`).")] = "grpopp",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field, e.g. --set loss.eps_high=0.3 (repeatable)."),
+    ] = None,
+) -> None:
+    """Print one preset's complete configuration as JSON, with --set overrides validated."""
+    try:
+        cfg = apply_overrides(get_preset(name), set_ or [])
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    preset = PRESETS[name]
+    error_console.print(f"[bold]{name}[/]: {preset.summary}\nsource: {preset.source}", highlight=False)
+    if set_:
+        cfg = cfg.model_copy(update={"name": f"{name} + overrides"})
+    typer.echo(json.dumps(cfg.model_dump(), indent=2))
+
+
+@app.command()
+def version() -> None:
+    """Print the installed grpopp version."""
+    typer.echo(metadata.version("grpopp"))
+
+
+if __name__ == "__main__":
+    app()

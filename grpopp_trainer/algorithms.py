@@ -1,0 +1,197 @@
+"""Algorithm configuration and the named presets (grpo, dapo, dr_grpo, gspo, cispo, grpopp).
+
+An ``AlgorithmConfig`` gathers every knob that makes one RL algorithm differ from another: the
+policy loss (``LossConfig``), how advantages are scaled, DAPO's dynamic sampling and overlong
+handling. Presets are complete configs, each following one paper; ``grpopp`` is the recommended
+default. ``../shared/SPEC.md`` and the module docstring of ``losses`` give the formulas.
+
+Dynamic sampling and overlong handling are read by the trainer and the reward shaping; they live
+here because they are part of what an algorithm is (DAPO = loss + these two).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from grpopp_trainer.advantages import AdvantageScale
+from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.losses import LossConfig
+
+
+class DynamicSamplingConfig(BaseModel):
+    """DAPO's dynamic sampling (arXiv 2503.14476, sec. 3.2; verl `filter_groups`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    """Drop groups whose rewards are all equal (they give no gradient) and keep generating until
+    the batch is full of groups with signal."""
+
+    max_generation_rounds: int = Field(10, ge=1)
+    """Give up filling the batch after this many generation rounds and train on what was kept
+    (verl `max_num_gen_batches`, 10 there)."""
+
+    oversample_factor: float = Field(1.0, ge=1.0)
+    """Prompts generated per round as a multiple of the prompts a step needs, so that one round
+    usually fills the batch after filtering (verl's DAPO recipe generates 3x)."""
+
+
+class OverlongConfig(BaseModel):
+    """DAPO's overlong handling (arXiv 2503.14476, sec. 3.4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filter_truncated: bool = False
+    """Overlong filtering: mask the loss of completions cut by the length limit, so sound but
+    unfinished reasoning is not punished (TRL `mask_truncated_completions`)."""
+
+    soft_punishment: bool = False
+    """Soft overlong punishment added to the reward: 0 up to max_length - cache_length, then
+    linearly down to -penalty_factor at max_length, and -penalty_factor beyond."""
+
+    max_length: int | None = Field(None, ge=1)
+    """L_max of the soft punishment, in tokens. None: the rollout's maximum number of new tokens."""
+
+    cache_length: int | None = Field(None, ge=1)
+    """L_cache, the buffer before L_max where the punishment ramps up. None: a fifth of L_max,
+    DAPO's ratio (4096 of 20480)."""
+
+    penalty_factor: float = Field(1.0, ge=0.0)
+    """Scale of the punishment; DAPO used 1 (verl `overlong_buffer.penalty_factor`)."""
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> OverlongConfig:
+        if self.max_length is not None and self.cache_length is not None and self.cache_length > self.max_length:
+            raise ValueError(
+                f"cache_length={self.cache_length} is larger than max_length={self.max_length}: the buffer "
+                "must fit inside the length limit; lower cache_length"
+            )
+        return self
+
+
+class AlgorithmConfig(BaseModel):
+    """Everything that defines the RL algorithm, independent of model, data and hardware."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "custom"
+    """The preset this config came from, or "custom"."""
+
+    loss: LossConfig = LossConfig()
+    """The policy loss: objective, clipping, aggregation, KL and truncated importance sampling."""
+
+    advantage_scale: AdvantageScale = "group"
+    """Advantage normalisation: "group" (divide by the group's std, GRPO), "batch" (std of the whole
+    batch) or "none" (Dr. GRPO's unbiased r - mean)."""
+
+    advantage_eps: float = Field(1e-6, ge=0.0)
+    """Added to the std before dividing (scale "group" or "batch")."""
+
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    """DAPO dynamic sampling: filter zero-variance groups and refill the batch."""
+
+    overlong: OverlongConfig = OverlongConfig()
+    """DAPO overlong filtering and soft overlong punishment."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, complete algorithm configuration and where it comes from."""
+
+    config: AlgorithmConfig
+    summary: str
+    source: str
+
+
+PRESETS: dict[str, Preset] = {
+    "grpo": Preset(
+        AlgorithmConfig(
+            name="grpo",
+            loss=LossConfig(
+                objective="ppo_clip",
+                eps_low=0.2,
+                eps_high=0.2,
+                aggregation="seq_mean_token_mean",
+                kl_coef=0.04,
+                kl_estimator="k3",
+            ),
+            advantage_scale="group",
+        ),
+        summary="Vanilla GRPO: symmetric clip 0.2, per-sequence token mean, group-std advantages, k3 KL 0.04.",
+        source="DeepSeekMath, arXiv 2402.03300 (sec. 4.1, eq. 3; beta = 0.04 in sec. 4.2)",
+    ),
+    "dapo": Preset(
+        AlgorithmConfig(
+            name="dapo",
+            loss=LossConfig(objective="ppo_clip", eps_low=0.2, eps_high=0.28, aggregation="token_mean"),
+            advantage_scale="group",
+            dynamic_sampling=DynamicSamplingConfig(enabled=True, max_generation_rounds=10, oversample_factor=3.0),
+            overlong=OverlongConfig(soft_punishment=True, penalty_factor=1.0),
+        ),
+        summary="DAPO: clip-higher 0.2/0.28, token-level loss, dynamic sampling, soft overlong punishment, no KL.",
+        source="DAPO, arXiv 2503.14476 (sec. 3.1-3.4; L_cache/L_max = 4096/20480); verl DAPO recipe",
+    ),
+    "dr_grpo": Preset(
+        AlgorithmConfig(
+            name="dr_grpo",
+            loss=LossConfig(
+                objective="ppo_clip", eps_low=0.2, eps_high=0.2, aggregation="constant_norm", norm_length=3000
+            ),
+            advantage_scale="none",
+        ),
+        summary="Dr. GRPO: r - mean advantages (no std), sum over tokens / (B x 3000), no KL. "
+        "Set loss.norm_length to your maximum generation length.",
+        source="Dr. GRPO, arXiv 2503.20783 (sec. 3.1; Oat-Zero max length 3000, beta = 0)",
+    ),
+    "gspo": Preset(
+        AlgorithmConfig(
+            name="gspo",
+            loss=LossConfig(objective="gspo", eps_low=3e-4, eps_high=4e-4, aggregation="seq_mean_token_mean"),
+            advantage_scale="group",
+        ),
+        summary="GSPO: length-normalised sequence ratio (GSPO-token form) clipped to [1-3e-4, 1+4e-4], no KL.",
+        source="GSPO, arXiv 2507.18071 (eq. 5-7, 13; clip ranges from sec. 5.1)",
+    ),
+    "cispo": Preset(
+        AlgorithmConfig(
+            name="cispo",
+            loss=LossConfig(objective="cispo", eps_low=1.0, eps_high=4.0, aggregation="token_mean"),
+            advantage_scale="group",
+        ),
+        summary="CISPO: detached clipped ratio (no lower bound, cap 5) weighs A x log pi; token mean, no KL.",
+        source="MiniMax-M1, arXiv 2506.13585 (sec. 3.1, eq. 4-5); cap 5 as TRL's CISPO default",
+    ),
+    "grpopp": Preset(
+        AlgorithmConfig(
+            name="grpopp",
+            loss=LossConfig(
+                objective="ppo_clip",
+                eps_low=0.2,
+                eps_high=0.28,
+                dual_clip=3.0,
+                aggregation="token_mean",
+                tis="token_truncate",
+                tis_cap=2.0,
+            ),
+            advantage_scale="none",
+            dynamic_sampling=DynamicSamplingConfig(enabled=True, max_generation_rounds=10, oversample_factor=2.0),
+            overlong=OverlongConfig(soft_punishment=True, penalty_factor=1.0),
+        ),
+        summary="Recommended: DAPO (clip-higher, token mean, dynamic sampling, soft overlong, no KL) "
+        "+ Dr. GRPO's unbiased advantage + token TIS (cap 2) + dual clip 3.",
+        source="DAPO arXiv 2503.14476; Dr. GRPO arXiv 2503.20783; TIS (Yao, Liu et al. 2025); "
+        "dual clip arXiv 1912.09729 (c = 3 as verl)",
+    ),
+}
+
+
+def get_preset(name: str) -> AlgorithmConfig:
+    """Return the ``AlgorithmConfig`` of preset ``name``; an unknown name suggests the closest one."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown algorithm preset {name!r}.{hint} Known presets: {', '.join(PRESETS)}")
+    return PRESETS[name].config
