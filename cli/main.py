@@ -4,6 +4,8 @@ Commands so far:
 - ``grpopp algo list``: the algorithm presets side by side, with their sources.
 - ``grpopp algo show NAME [--set KEY=VALUE ...]``: one preset's full config, with overrides
   applied and validated, as JSON (the form a training config will embed).
+- ``grpopp envs list|show|sample|check``: environments and their contract check.
+- ``grpopp verify --env NAME``: verify completions and print the reward breakdown.
 - ``grpopp version``.
 """
 
@@ -17,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.envs_cmd import envs_app, verify_command
 from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, get_preset
 from grpopp_trainer.config_tools import ConfigError, apply_overrides
 
@@ -24,13 +27,15 @@ app = typer.Typer(
     help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",
     no_args_is_help=True,
     add_completion=False,
-    epilog="Planned next: envs (environments and verifiers), train, eval, report, sandbox.",
+    epilog="Planned next: train, eval, report, sandbox.",
 )
 algo_app = typer.Typer(
     help="Algorithm presets: GRPO, DAPO, Dr. GRPO, GSPO, CISPO and grpopp.",
     no_args_is_help=True,
 )
 app.add_typer(algo_app, name="algo")
+app.add_typer(envs_app, name="envs")
+app.command("verify")(verify_command)
 
 console = Console()
 error_console = Console(stderr=True)

@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from grpopp_trainer.advantages import AdvantageScale
 from grpopp_trainer.config_tools import ConfigError
 from grpopp_trainer.losses import LossConfig
+from rewards.shaping import LengthLimits
 
 
 class DynamicSamplingConfig(BaseModel):
     """DAPO's dynamic sampling (arXiv 2503.14476, sec. 3.2; verl `filter_groups`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     enabled: bool = False
     """Drop groups whose rewards are all equal (they give no gradient) and keep generating until
@@ -42,7 +43,7 @@ class DynamicSamplingConfig(BaseModel):
 class OverlongConfig(BaseModel):
     """DAPO's overlong handling (arXiv 2503.14476, sec. 3.4)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     filter_truncated: bool = False
     """Overlong filtering: mask the loss of completions cut by the length limit, so sound but
@@ -75,7 +76,7 @@ class OverlongConfig(BaseModel):
 class AlgorithmConfig(BaseModel):
     """Everything that defines the RL algorithm, independent of model, data and hardware."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str = "custom"
     """The preset this config came from, or "custom"."""
@@ -95,6 +96,20 @@ class AlgorithmConfig(BaseModel):
 
     overlong: OverlongConfig = OverlongConfig()
     """DAPO overlong filtering and soft overlong punishment."""
+
+    def length_limits(self, max_new_tokens: int) -> LengthLimits:
+        """The length parameters of reward shaping for a rollout limited to ``max_new_tokens``:
+        L_max defaults to it, L_cache to a fifth of L_max (DAPO: 4096 of 20480), and the overlong
+        weight is the penalty factor when the soft punishment is on, else 0."""
+        overlong = self.overlong
+        max_length = overlong.max_length or max_new_tokens
+        cache_length = overlong.cache_length if overlong.cache_length is not None else max_length // 5
+        if cache_length > max_length:
+            raise ConfigError(
+                f"algorithm.overlong.cache_length={cache_length} is larger than the length limit {max_length}; lower it"
+            )
+        factor = overlong.penalty_factor if overlong.soft_punishment else 0.0
+        return LengthLimits(max_length=max_length, cache_length=cache_length, overlong_factor=factor)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ TISMode: TypeAlias = Literal["off", "token_truncate", "token_mask", "sequence_tr
 class LossConfig(BaseModel):
     """How the policy loss is computed. Every field is documented; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     objective: Objective = "ppo_clip"
     """Policy-gradient surrogate. "ppo_clip": token ratio clipped to [1-eps_low, 1+eps_high] (PPO,

@@ -1,0 +1,255 @@
+"""``grpopp envs ...`` and ``grpopp verify``: inspect, sample, check and verify environments."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from envs.base import Environment, Split, Task
+from envs.check import check_env
+from envs.mixture import EnvSpec, build_mixture, parse_env_arg
+from envs.registry import RegistryError, env_class, load_plugin, make_env, registered_envs
+from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
+from rewards.shaping import LengthLimits
+
+envs_app = typer.Typer(help="Environments: list, show options, sample tasks, check the contract.", no_args_is_help=True)
+console = Console()
+error_console = Console(stderr=True)
+
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", help="Your environment module: path/to/file.py or package.module (repeatable)."),
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Environment option, e.g. --set max_operand=999 (repeatable).")
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(code=code)
+
+
+def load_plugins(plugins: list[str] | None) -> None:
+    for plugin in plugins or []:
+        try:
+            load_plugin(plugin)
+        except RegistryError as error:
+            raise fail(str(error)) from None
+
+
+def build_env(name: str, overrides: list[str] | None) -> Environment[Any]:
+    """make_env with --set overrides validated against the environment's config class."""
+    try:
+        cls, implied = env_class(name)
+        config = validate_config(cls.config_class, implied, prefix=f"env {name}")
+        config = apply_overrides(config, overrides or [])
+        return make_env(name, **config.model_dump(exclude=set(implied)))
+    except (ConfigError, RegistryError) as error:
+        raise fail(str(error)) from None
+
+
+@envs_app.command("list")
+def envs_list(plugin: PluginOption = None) -> None:
+    """List the registered environments."""
+    load_plugins(plugin)
+    table = Table(title="grpopp environments")
+    for column in ("name", "description", "config"):
+        table.add_column(column)
+    for name, cls in registered_envs().items():
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, summary, cls.config_class.__name__)
+    console.print(table)
+
+
+def _field_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(_field_rows(annotation, f"{prefix}{name}."))
+            continue
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        rows.append((prefix + name, type_name, default, (info.description or "").replace("\n", " ")))
+    return rows
+
+
+@envs_app.command("show")
+def envs_show(name: str, plugin: PluginOption = None) -> None:
+    """Show an environment's options: type, default and help of every field (set with --set KEY=VALUE)."""
+    load_plugins(plugin)
+    try:
+        cls, _ = env_class(name)
+    except RegistryError as error:
+        raise fail(str(error)) from None
+    table = Table(title=f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}", show_lines=True)
+    for column in ("option", "type", "default", "help"):
+        table.add_column(column, overflow="fold")
+    for row in _field_rows(cls.config_class):
+        table.add_row(*row)
+    console.print(table)
+
+
+def _prompt_text(task: Task) -> str:
+    if isinstance(task.prompt, str):
+        return task.prompt
+    return "\n".join(f"[{m.role}] {m.content}" for m in task.prompt)
+
+
+@envs_app.command("sample")
+def envs_sample(
+    name: str,
+    n: Annotated[int, typer.Option("-n", help="How many tasks.")] = 3,
+    start: Annotated[int, typer.Option(help="Index of the first task.")] = 0,
+    split: Annotated[str, typer.Option(help="train or test.")] = "train",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON task per line.")] = False,
+    set_: SetOption = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Print tasks of an environment: id, prompt and gold answer."""
+    load_plugins(plugin)
+    if split not in ("train", "test"):
+        raise fail(f"--split must be train or test, got {split!r}")
+    env = build_env(name, set_)
+    size = env.num_tasks(split)  # type: ignore[arg-type]
+    for index in range(start, start + n if size is None else min(start + n, size)):
+        task = env.task(index, split)  # type: ignore[arg-type]
+        if as_json:
+            typer.echo(task.model_dump_json())
+        else:
+            console.rule(task.id)
+            console.print(_prompt_text(task), highlight=False, markup=False)
+            console.print(f"[bold]answer:[/] {task.answer}", highlight=False)
+
+
+@envs_app.command("check")
+def envs_check(
+    name: str,
+    n: Annotated[int, typer.Option("-n", help="Tasks per split to check.")] = 20,
+    set_: SetOption = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Check the contract: deterministic tasks, gold answers correct, wrong answers not."""
+    load_plugins(plugin)
+    env = build_env(name, set_)
+    report = check_env(env, n)
+    table = Table(title=f"envs check {name}")
+    for column in ("check", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    for result in report.results:
+        table.add_row(result.name, "[green]pass[/]" if result.passed else "[red]FAIL[/]", result.detail)
+    console.print(table)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _parse_task_id(env: Environment[Any], task_id: str) -> Task:
+    prefix, sep, rest = task_id.rpartition("/")
+    env_name, _, split = prefix.rpartition("/")
+    if not sep or env_name != env.name or split not in ("train", "test") or not rest.isdigit():
+        raise ValueError(f"task id {task_id!r} is not '{env.name}/<train|test>/<index>'")
+    split_name: Split = "train" if split == "train" else "test"
+    return env.task(int(rest), split_name)
+
+
+def verify_command(
+    env_name: Annotated[str, typer.Option("--env", help="Environment name.")],
+    task_id: Annotated[str | None, typer.Option(help="Task id, e.g. arithmetic/train/3.")] = None,
+    completion: Annotated[str | None, typer.Option(help="The completion text to verify.")] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", help="JSONL with task_id, completion and optional num_tokens per line; - = stdin."),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Generation limit L_max for the length components.")] = 1024,
+    num_tokens: Annotated[int | None, typer.Option(help="Completion length in tokens (default: word count).")] = None,
+    set_: SetOption = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Verify completions and print the VerifyResult and reward breakdown as JSON lines."""
+    load_plugins(plugin)
+    env = build_env(env_name, set_)
+    limits = LengthLimits(max_length=max_tokens, cache_length=max_tokens // 5)
+    if input_file is None:
+        if task_id is None or completion is None:
+            raise fail("give --task-id and --completion, or --input FILE.jsonl")
+        lines = [json.dumps({"task_id": task_id, "completion": completion, "num_tokens": num_tokens})]
+        source = "arguments"
+    else:
+        lines = (sys.stdin if str(input_file) == "-" else input_file.open(encoding="utf-8")).read().splitlines()
+        source = str(input_file)
+    bad_lines = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            task = _parse_task_id(env, str(record["task_id"]))
+            text = str(record["completion"])
+            length = record.get("num_tokens")
+        except (json.JSONDecodeError, KeyError, ValueError, IndexError) as exc:
+            bad_lines += 1
+            problem = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            typer.echo(json.dumps({"line": number, "error": f"{source}:{number}: {problem}"}))
+            continue
+        length_source = "given" if length is not None else "words"
+        length = int(length) if length is not None else len(text.split())
+        (reward,) = env.score_batch([task], [text], [length], limits)
+        out = {
+            "task_id": task.id,
+            "status": reward.status,
+            "reward": reward.total,
+            "valid": reward.valid,
+            "num_tokens": length,
+            "num_tokens_source": length_source,
+            "verification": reward.verification.model_dump() if reward.verification else None,
+            "components": {k: c.model_dump() for k, c in reward.components.items()},
+            "errors": reward.errors,
+        }
+        typer.echo(json.dumps(out))
+    if bad_lines:
+        raise fail(f"{bad_lines} input line(s) could not be read (see the 'error' records)", code=1)
+
+
+@envs_app.command("mix")
+def envs_mix(
+    env: Annotated[list[str] | None, typer.Option("--env", help="NAME[:WEIGHT], repeatable.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/TOML file with an 'envs' list of {name, weight, config}.")
+    ] = None,
+    batches: Annotated[int, typer.Option(help="How many batches to draw.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 10,
+    seed: Annotated[int, typer.Option(help="Mixture seed.")] = 0,
+    plugin: PluginOption = None,
+) -> None:
+    """Draw batches from a weighted mixture and show how many prompts each environment got."""
+    load_plugins(plugin)
+    try:
+        specs = [parse_env_arg(text) for text in env or []]
+        if config is not None:
+            raw = load_config_file(config).get("envs", [])
+            if not isinstance(raw, list):
+                raise ConfigError(f"{config}: 'envs' must be a list of {{name, weight, config}} entries")
+            specs += [validate_config(EnvSpec, item, prefix=f"envs.{i}") for i, item in enumerate(raw)]
+        if not specs:
+            raise ConfigError("give environments with --env NAME[:WEIGHT] or --config FILE")
+        mixture = build_mixture(specs, seed=seed)
+    except (ConfigError, RegistryError) as error:
+        raise fail(str(error)) from None
+    table = Table(title="mixture batches")
+    table.add_column("batch")
+    for spec in specs:
+        table.add_column(f"{spec.name} (w={spec.weight:g})")
+    table.add_column("first tasks", overflow="fold")
+    for number in range(batches):
+        tasks = mixture.next_batch(batch_size)
+        counts = [sum(t.env == spec.name for t in tasks) for spec in specs]
+        table.add_row(str(number), *map(str, counts), ", ".join(t.id for t in tasks[:3]))
+    console.print(table)

@@ -1,0 +1,118 @@
+"""Mixtures sample environments in exact proportion, deterministically, and resume."""
+
+import math
+
+import pytest
+
+from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
+from envs.base import EnvConfig, Environment, Task
+from envs.countdown import CountdownConfig, CountdownEnv
+from envs.mixture import Mixture, parse_env_arg
+from grpopp_trainer.config_tools import ConfigError
+
+
+class FiniteEnv(Environment[EnvConfig]):
+    """Five fixed tasks, to test epochs over a finite data set."""
+
+    name = "finite"
+
+    def num_tasks(self, split="train"):
+        return 5
+
+    def task(self, index, split="train"):
+        return Task(id=f"finite/{split}/{index}", env="finite", split=split, index=index, prompt=str(index), answer="0")
+
+    def verify(self, task, completion):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    def gold_completion(self, task):  # pragma: no cover
+        return "0"
+
+    def wrong_completion(self, task):  # pragma: no cover
+        return "1"
+
+
+def two_envs(weights=(0.7, 0.3), seed=0):
+    return Mixture([ArithmeticEnv(ArithmeticConfig()), CountdownEnv(CountdownConfig())], weights, seed=seed)
+
+
+def test_every_prefix_is_within_one_of_the_exact_share():
+    mixture = two_envs()
+    counts = [0, 0]
+    for n, (env_index, _) in enumerate(mixture.allocate(1000), start=1):
+        counts[env_index] += 1
+        for share, count in zip((0.7, 0.3), counts, strict=True):
+            assert math.floor(share * n) <= count <= math.ceil(share * n)
+
+
+def test_batch_quota_is_exact():
+    mixture = two_envs()
+    seen = []
+    for _ in range(5):
+        tasks = mixture.next_batch(10)
+        assert sum(t.env == "arithmetic" for t in tasks) == 7
+        assert sum(t.env == "countdown" for t in tasks) == 3
+        seen += [t.id for t in tasks]
+    # each environment's stream advances task by task: 35 arithmetic and 15 countdown tasks, no repeats
+    assert sorted(seen) == sorted(
+        [f"arithmetic/train/{i}" for i in range(35)] + [f"countdown/train/{i}" for i in range(15)]
+    )
+
+
+def test_three_way_integer_weights():
+    envs = [ArithmeticEnv(ArithmeticConfig()), CountdownEnv(CountdownConfig()), FiniteEnv(EnvConfig())]
+    mixture = Mixture(envs, [1, 1, 2])
+    order = [env_index for env_index, _ in mixture.allocate(8)]
+    assert [order.count(i) for i in range(3)] == [2, 2, 4]
+
+
+def test_mixture_is_deterministic_and_resumes():
+    full = two_envs()
+    ids = [t.id for _ in range(4) for t in full.next_batch(6)]
+    first = two_envs()
+    ids_resumed = [t.id for _ in range(2) for t in first.next_batch(6)]
+    state = first.state_dict()
+    resumed = two_envs()
+    resumed.load_state_dict(state)
+    ids_resumed += [t.id for _ in range(2) for t in resumed.next_batch(6)]
+    assert ids == ids_resumed
+
+
+def test_finite_env_visits_each_task_once_per_epoch():
+    mixture = Mixture([FiniteEnv(EnvConfig())], [1.0], seed=3)
+    indices = [t.index for t in mixture.next_batch(15)]
+    for epoch in range(3):
+        assert sorted(indices[epoch * 5 : epoch * 5 + 5]) == [0, 1, 2, 3, 4]
+    assert indices[:5] != indices[5:10] or indices[5:10] != indices[10:15]  # reshuffled each epoch
+
+
+def test_resume_with_other_envs_is_refused():
+    state = two_envs().state_dict()
+    other = Mixture([ArithmeticEnv(ArithmeticConfig())], [1.0])
+    with pytest.raises(ConfigError, match="cannot resume"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "weight"),
+    [
+        ("gsm8k", "gsm8k", 1.0),
+        ("gsm8k:0.7", "gsm8k", 0.7),
+        ("reasoning_gym:chain_sum", "reasoning_gym:chain_sum", 1.0),
+        ("reasoning_gym:chain_sum:2", "reasoning_gym:chain_sum", 2.0),
+    ],
+)
+def test_parse_env_arg(text, name, weight):
+    spec = parse_env_arg(text)
+    assert (spec.name, spec.weight) == (name, weight)
+
+
+@pytest.mark.parametrize("text", ["gsm8k:0", "gsm8k:-1", "gsm8k:inf", ":0.5"])
+def test_parse_env_arg_refuses_bad_weights(text):
+    with pytest.raises(ConfigError, match="--env"):
+        parse_env_arg(text)
+
+
+def test_duplicate_env_in_mixture_is_refused():
+    with pytest.raises(ConfigError, match="appears twice"):
+        Mixture([ArithmeticEnv(ArithmeticConfig()), ArithmeticEnv(ArithmeticConfig())], [1, 1])

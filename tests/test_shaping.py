@@ -1,0 +1,182 @@
+"""Reward shaping against hand-computed values: DAPO soft overlong edges, format, composition."""
+
+import pytest
+
+from rewards.extract import extract_answer, extract_answer_line, extract_boxed, extract_last_number
+from rewards.shaping import (
+    FormatRules,
+    LengthLimits,
+    RewardConfig,
+    compose_reward,
+    format_reward,
+    length_penalty,
+    soft_overlong_punishment,
+)
+from rewards.types import VerifyResult
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (0, 0.0),
+        (16, 0.0),  # exactly L_max - L_cache = 20 - 4: still no punishment
+        (17, -0.25),  # (16 - 17) / 4
+        (18, -0.5),
+        (19, -0.75),
+        (20, -1.0),  # exactly L_max: (16 - 20) / 4
+        (21, -1.0),  # beyond L_max
+        (10_000, -1.0),
+    ],
+)
+def test_soft_overlong_punishment_edges(length, expected):
+    assert soft_overlong_punishment(length, max_length=20, cache_length=4) == expected
+
+
+def test_soft_overlong_dapo_setting():
+    # DAPO: L_max = 20480, L_cache = 4096: the ramp starts after 16384 tokens.
+    assert soft_overlong_punishment(16384, 20480, 4096) == 0.0
+    assert soft_overlong_punishment(16384 + 1024, 20480, 4096) == -0.25
+    assert soft_overlong_punishment(20480, 20480, 4096) == -1.0
+
+
+def test_soft_overlong_without_buffer_is_a_step():
+    assert soft_overlong_punishment(10, 10, 0) == 0.0
+    assert soft_overlong_punishment(11, 10, 0) == -1.0
+
+
+@pytest.mark.parametrize(("length", "max_length", "cache_length"), [(-1, 10, 2), (5, 0, 0), (5, 10, 11)])
+def test_soft_overlong_refuses_bad_input(length, max_length, cache_length):
+    with pytest.raises(ValueError, match="need length >= 0"):
+        soft_overlong_punishment(length, max_length, cache_length)
+
+
+def test_length_penalty():
+    assert length_penalty(0, 100) == 0.0
+    assert length_penalty(25, 100) == -0.25
+    assert length_penalty(500, 100) == -1.0
+
+
+@pytest.mark.parametrize(
+    ("completion", "rules", "expected"),
+    [
+        ("<think>2 + 2 = 4</think> The answer is \\boxed{4}", FormatRules(think=True, boxed=True), 1.0),
+        ("<think>2 + 2 = 4</think>", FormatRules(think=True), 0.0),  # nothing after the thinking
+        ("The answer is \\boxed{4}", FormatRules(think=True), 0.0),  # no thinking block
+        ("<think>a</think><think>b</think> 4", FormatRules(think=True), 0.0),  # two blocks
+        ("<think>\\boxed{4}</think> 4", FormatRules(think=True, boxed=True), 0.0),  # box only in thinking
+        ("Some work.\nAnswer: 4", FormatRules(answer_line=True), 1.0),
+        ("Some work. 4", FormatRules(answer_line=True), 0.0),
+        ("anything", FormatRules(), 1.0),
+    ],
+)
+def test_format_reward(completion, rules, expected):
+    assert format_reward(completion, rules) == expected
+
+
+LIMITS = LengthLimits(max_length=20, cache_length=4, overlong_factor=0.5)
+
+
+def test_compose_reward_weights_every_component():
+    # correctness 1 x 1.0 + format 0.2 x 1 + overlong 0.5 x (-0.5) (18 tokens) + length 0.1 x (-0.9)
+    cfg = RewardConfig(correctness=1.0, format=0.2, format_rules=FormatRules(boxed=True), length=0.1)
+    result = VerifyResult(status="correct", score=1.0)
+    reward = compose_reward(result, "\\boxed{4}", 18, cfg, LIMITS)
+    assert reward.valid and reward.status == "correct" and reward.errors == []
+    assert reward.total == pytest.approx(1.0 + 0.2 - 0.25 - 0.09, abs=1e-12)
+    assert {k: (c.value, c.weight) for k, c in reward.components.items()} == {
+        "correctness": (1.0, 1.0),
+        "format": (1.0, 0.2),
+        "overlong": (-0.5, 0.5),
+        "length": (-0.9, 0.1),
+    }
+
+
+def test_env_overlong_weight_overrides_the_algorithm_default():
+    reward = compose_reward(VerifyResult(status="incorrect", score=0.0), "x", 20, RewardConfig(overlong=2.0), LIMITS)
+    assert reward.components["overlong"].weight == 2.0
+    assert reward.total == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("status", ["timeout", "error"])
+def test_unjudged_verification_is_invalid_not_zero(status):
+    result = VerifyResult(status=status, score=0.0, reason="limit hit")
+    reward = compose_reward(result, "x", 5, RewardConfig(), LIMITS)
+    assert not reward.valid
+    assert reward.status == status
+    assert "correctness" in reward.components  # still logged
+
+
+def test_unparseable_is_a_judged_failure():
+    reward = compose_reward(VerifyResult(status="unparseable", score=0.0), "x", 5, RewardConfig(), LIMITS)
+    assert reward.valid and reward.total == 0.0
+
+
+def test_raising_component_becomes_error_with_the_exception():
+    # A negative token count makes the overlong component raise: the reward is invalid, status
+    # "error", the exception recorded; the other components are still computed.
+    reward = compose_reward(VerifyResult(status="correct", score=1.0), "x", -1, RewardConfig(), LIMITS)
+    assert not reward.valid and reward.status == "error"
+    assert len(reward.errors) == 1 and reward.errors[0].startswith("overlong: ValueError")
+    assert reward.components["correctness"].value == 1.0
+
+
+def test_verify_result_invariants():
+    with pytest.raises(ValueError, match="must have score 0"):
+        VerifyResult(status="timeout", score=1.0)
+    with pytest.raises(ValueError, match="needs a score > 0"):
+        VerifyResult(status="correct", score=0.0)
+    assert VerifyResult(status="incorrect", score=0.4).judged  # partial credit
+    assert not VerifyResult.timeout("5 s").judged
+
+
+@pytest.mark.parametrize(
+    ("text", "boxed", "answer_line", "last_number"),
+    [
+        ("so \\boxed{\\frac{1}{2}} and then \\boxed{3}", "3", None, "3"),
+        ("\\boxed{\\frac{a}{b_{1}}}", "\\frac{a}{b_{1}}", None, "1"),
+        ("The answer is **73**.", None, "73", "73"),
+        ("Answer: 1,234\nok", None, "1,234", "1234"),
+        ("Final answer: -12.5", None, "-12.5", "-12.5"),
+        ("nothing here", None, None, None),
+    ],
+)
+def test_extractors(text, boxed, answer_line, last_number):
+    assert extract_boxed(text) == boxed
+    assert extract_answer_line(text) == answer_line
+    assert extract_last_number(text) == last_number
+
+
+def test_extract_answer_order():
+    assert extract_answer("Answer: 5 \\boxed{6}", ["boxed", "answer_line"]) == ("6", "boxed")
+    assert extract_answer("Answer: 5 \\boxed{6}", ["answer_line", "boxed"]) == ("5 \\boxed{6}", "answer_line")
+    assert extract_answer("none", ["boxed"]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>x = 4</think> Answer: 5", " Answer: 5"),
+        ("x = 4 so...</think> Answer: 5", " Answer: 5"),  # R1 template: <think> was in the prompt
+        ("<think>a</think> mid <think>b</think> end", " mid  end"),  # interleaved: text between blocks stays
+        ("Answer: 5 <think>unfinished, Answer: 6", "Answer: 5 "),  # an unclosed block runs to the end
+        ("<think>x = 4, \\boxed{4} and then the length limit hit", ""),  # never closed: no answer
+        ("no reasoning tags, Answer: 5", "no reasoning tags, Answer: 5"),
+    ],
+)
+def test_strip_thinking(text, expected):
+    from rewards.extract import strip_thinking
+
+    assert strip_thinking(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I cannot determine the answer without more information.", None),  # not an answer line
+        ("The answer is `42`.", "42"),
+        ("Final answer = $7$", "7"),
+        ("the final answer is: 12", "12"),
+    ],
+)
+def test_answer_line_needs_a_marker(text, expected):
+    assert extract_answer_line(text) == expected
