@@ -1,4 +1,4 @@
-# Two entry points (see README): `make run` and `make test`. Each one sets up .venv first.
+# Two entry points (see README): `make train` and `make test`. Each one sets up .venv first.
 #
 # Set-up installs torch==2.13.0 before the package, so that pip does not pick a torch on its own.
 # On a machine without a GPU pass a CPU index if your pip does not already find a CPU build:
@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint typecheck unit clean
+.PHONY: setup train run test lint typecheck unit clean
 
 setup: $(VENV)/.installed
 
@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-run: setup
-	$(BIN)/grpopp algo list
-	$(BIN)/grpopp algo show grpopp
+train: setup
+	$(BIN)/grpopp train
+
+run: train
 
 lint: setup
 	$(BIN)/ruff check .

@@ -81,3 +81,49 @@ def test_dtype_is_preserved():
 def test_bad_input_is_refused_clearly(rewards, group_size, kwargs, message):
     with pytest.raises(ValueError, match=message):
         compute_advantages(rewards, group_size, **kwargs)
+
+
+def test_invalid_samples_take_no_part_in_group_statistics():
+    # Group [1, 0, NaN (timed out), 0]: valid rewards [1, 0, 0], mean 1/3, unbiased var =
+    # ((2/3)^2 + 2 (1/3)^2) / 2 = 1/3, std = 1/sqrt(3). The invalid sample gets exactly 0.
+    rewards = torch.tensor([1.0, 0.0, float("nan"), 0.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True])
+    std = 1 / math.sqrt(3)
+    a, b = (2 / 3) / (std + EPS), (-1 / 3) / (std + EPS)
+    expected = torch.tensor([a, b, 0.0, b], dtype=torch.float64)
+    torch.testing.assert_close(compute_advantages(rewards, 4, valid=valid), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", ["group", "none"])
+def test_masked_groups_equal_the_unmasked_function_on_the_valid_subset(scale):
+    # Second method: drop the invalid sample of each group (one per group here), so the groups
+    # shrink to 3 and the plain function applies; the valid entries must match exactly.
+    torch.manual_seed(0)
+    rewards = torch.rand(5 * 4, dtype=torch.float64)
+    valid = torch.ones(20, dtype=torch.bool)
+    valid[torch.arange(5) * 4 + torch.tensor([0, 3, 1, 2, 0])] = False
+    masked = compute_advantages(rewards, 4, scale=scale, valid=valid)
+    subset = compute_advantages(rewards[valid], 3, scale=scale)
+    torch.testing.assert_close(masked[valid], subset, rtol=0, atol=1e-12)
+    assert torch.equal(masked[~valid], torch.zeros(5, dtype=torch.float64))
+
+
+def test_group_with_one_valid_sample_has_no_signal():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    valid = torch.tensor([True, False, True, True])
+    assert zero_variance_groups(rewards, 2, valid).tolist() == [True, False]
+    assert compute_advantages(rewards, 2, valid=valid)[:2].tolist() == [0.0, 0.0]
+
+
+def test_batch_scale_ignores_invalid_rewards():
+    # valid rewards [1, 0, 0] (the 4th is invalid): batch std = 1/sqrt(3); group 1 centred [0.5, -0.5].
+    rewards = torch.tensor([1.0, 0.0, 0.0, 100.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, True, False])
+    a = 0.5 / (1 / math.sqrt(3) + EPS)
+    got = compute_advantages(rewards, 2, scale="batch", valid=valid)
+    torch.testing.assert_close(got, torch.tensor([a, -a, 0.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_nan_reward_of_a_valid_sample_is_refused():
+    with pytest.raises(ValueError, match="valid=False"):
+        compute_advantages(torch.tensor([1.0, float("nan")]), 2, valid=torch.tensor([True, True]))

@@ -1,0 +1,340 @@
+"""``TrainConfig``: everything a training run needs, in one validated pydantic model.
+
+Sources, later ones winning: the field defaults, a built-in recipe or a YAML/TOML file
+(``--config``), ``--env NAME[:WEIGHT]`` flags (they replace the file's environment list), and
+``--set KEY.PATH=VALUE`` overrides. ``algorithm`` starts from a named preset; any of its fields can be
+overridden, loss fields also by their short name (``--set algorithm.eps_high=0.28`` means
+``algorithm.loss.eps_high``). Values derived from the config (completions per step, micro-batches
+per mini-batch, ...) are computed once in ``derived()`` and shown in the run's start-up summary.
+
+With no config at all, ``grpopp train`` runs the built-in recipe ``tiny-arithmetic``: a tiny model
+built by the project, trained on the ``arithmetic`` environment on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from envs.mixture import EnvSpec, parse_env_arg
+from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig
+from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
+from grpopp_trainer.losses import LossConfig
+from grpopp_trainer.rollout.base import SamplingParams
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+RECIPES = ("tiny-arithmetic",)
+"""Built-in configs shipped in ``grpopp_trainer/recipes/``."""
+
+
+class ModelConfig(BaseModel):
+    """The policy to train."""
+
+    model_config = _STRICT
+
+    name_or_path: str = "tiny"
+    """A local Hugging Face checkpoint directory or a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct). "tiny": the
+    built-in tiny arithmetic model, built and warm-started on first use and cached (~/.cache/grpopp)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype for training (the optimizer keeps the same dtype)."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+    trust_remote_code: bool = False
+    """Allow model code from the hub (transformers' trust_remote_code)."""
+
+
+class RolloutConfig(BaseModel):
+    """How completions are generated."""
+
+    model_config = _STRICT
+
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation backend: "hf" (transformers, CPU or GPU) or "vllm" (GPU, extra `vllm`)."""
+
+    completions_per_prompt: int = Field(8, ge=2)
+    """G, the group size: completions sampled per prompt (GRPO needs at least 2)."""
+
+    max_new_tokens: int = Field(1024, ge=1)
+    """Generation limit per completion; DAPO's L_max for the overlong punishment unless set there."""
+
+    temperature: float = Field(1.0, gt=0.0)
+    """Sampling temperature (> 0; the learner scales its logits by it too, so log-probs match)."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling; 1 disables it."""
+
+    top_k: int = Field(0, ge=0)
+    """Top-k sampling; 0 disables it."""
+
+    stop: tuple[str, ...] = ()
+    """Stop strings."""
+
+    batch_size: int = Field(64, ge=1)
+    """Sequences generated at once by the hf engine."""
+
+    def sampling_params(self, seed: int | None) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=self.stop,
+            seed=seed,
+        )
+
+
+class BatchConfig(BaseModel):
+    """How many samples a step uses and how they are split for updates."""
+
+    model_config = _STRICT
+
+    prompts_per_step: int = Field(16, ge=1)
+    """Prompts whose groups make one rollout batch (after dynamic sampling)."""
+
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per rollout batch: the batch is split into this many mini-batches of whole
+    groups. More than 1 makes later updates off-policy (where clipping matters)."""
+
+    epochs: int = Field(1, ge=1)
+    """mu: passes over the rollout batch."""
+
+    micro_batch_size: int = Field(16, ge=1)
+    """Completions per forward/backward pass; gradients accumulate over a mini-batch."""
+
+
+class OptimConfig(BaseModel):
+    """AdamW and the learning-rate schedule."""
+
+    model_config = _STRICT
+
+    lr: float = Field(1e-6, gt=0.0)
+    """Peak learning rate (DeepSeek-R1-Zero used 3e-6; Dr. GRPO 1e-6)."""
+
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping by global norm."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to lr over this many optimizer steps."""
+
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning rate after warm-up: constant, or decayed to min_lr_ratio x lr at the last step."""
+
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """Final learning rate as a fraction of lr (cosine and linear schedules)."""
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation during training (test split of each environment)."""
+
+    model_config = _STRICT
+
+    every: int = Field(0, ge=0)
+    """Evaluate every this many steps; 0: only before and after training."""
+
+    tasks_per_env: int = Field(200, ge=1)
+    """Held-out tasks per environment (fewer if the test split is smaller)."""
+
+    greedy: bool = True
+    """Greedy decoding (else sampling with the rollout's temperature)."""
+
+
+class CheckpointConfig(BaseModel):
+    """Checkpoints in Hugging Face format plus the trainer state to resume from."""
+
+    model_config = _STRICT
+
+    every: int = Field(0, ge=0)
+    """Save every this many steps; 0: only at the end."""
+
+    keep_last: int = Field(2, ge=1)
+    """Keep only the newest checkpoints."""
+
+
+class LoggingConfig(BaseModel):
+    """Where and how a run is recorded."""
+
+    model_config = _STRICT
+
+    run_dir: str | None = None
+    """Run directory; None: runs/<UTC time>. Holds config, metrics.jsonl, samples, checkpoints."""
+
+    samples_per_step: int = Field(4, ge=0)
+    """Completions written to samples.jsonl per step."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the `tensorboard` package)."""
+
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `wandb`; WANDB_MODE=offline works)."""
+
+    wandb_project: str = "grpopp"
+    """W&B project name."""
+
+    progress: bool = True
+    """Show a progress bar with reward, accuracy, length and entropy."""
+
+
+class TrainConfig(BaseModel):
+    """A whole training run."""
+
+    model_config = _STRICT
+
+    model: ModelConfig = ModelConfig()
+    """The policy."""
+
+    rollout: RolloutConfig = RolloutConfig()
+    """Generation."""
+
+    algorithm: AlgorithmConfig = PRESETS["grpopp"].config
+    """The RL algorithm: a preset plus overrides (see `grpopp algo list`)."""
+
+    envs: list[EnvSpec] = [EnvSpec(name="arithmetic")]
+    """The environment mixture: name, weight and options (with reward shaping) of each."""
+
+    batch: BatchConfig = BatchConfig()
+    """Batch sizes."""
+
+    optim: OptimConfig = OptimConfig()
+    """Optimizer and schedule."""
+
+    steps: int = Field(100, ge=1)
+    """Training steps (one rollout batch each)."""
+
+    eval: EvalConfig = EvalConfig()
+    """Held-out evaluation."""
+
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Checkpointing."""
+
+    logging: LoggingConfig = LoggingConfig()
+    """Run directory and writers."""
+
+    seed: int = 0
+    """Seed of everything: model init of the tiny model, data order, sampling."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: "auto" picks CUDA when available."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.envs:
+            raise ValueError("envs is empty: add at least one environment, e.g. --env arithmetic")
+        if self.batch.prompts_per_step % self.batch.mini_batches != 0:
+            raise ValueError(
+                f"batch.prompts_per_step={self.batch.prompts_per_step} is not divisible by batch.mini_batches="
+                f"{self.batch.mini_batches}: mini-batches hold whole groups; make prompts_per_step a multiple"
+            )
+        if self.rollout.engine == "vllm" and self.device == "cpu":
+            raise ValueError("rollout.engine='vllm' needs a GPU: set device to auto/cuda or use engine 'hf'")
+        overlong = self.algorithm.overlong
+        if overlong.max_length is not None and overlong.max_length > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"algorithm.overlong.max_length={overlong.max_length} exceeds rollout.max_new_tokens="
+                f"{self.rollout.max_new_tokens}: completions never get that long; lower it or leave it unset"
+            )
+        self.algorithm.length_limits(self.rollout.max_new_tokens)  # validates cache_length against the limit
+        return self
+
+    def derived(self) -> dict[str, int | float | str]:
+        """Values computed from the config, shown at start-up."""
+        group = self.rollout.completions_per_prompt
+        completions = self.batch.prompts_per_step * group
+        per_mini_batch = completions // self.batch.mini_batches
+        limits = self.algorithm.length_limits(self.rollout.max_new_tokens)
+        return {
+            "completions per step": completions,
+            "completions per mini-batch": per_mini_batch,
+            "micro-batches per mini-batch": math.ceil(per_mini_batch / self.batch.micro_batch_size),
+            "optimizer steps per training step": self.batch.mini_batches * self.batch.epochs,
+            "total optimizer steps": self.steps * self.batch.mini_batches * self.batch.epochs,
+            "overlong L_max / L_cache / weight": (
+                f"{limits.max_length} / {limits.cache_length} / {limits.overlong_factor:g}"
+            ),
+            "reference model": "yes (kl_coef > 0)" if self.algorithm.loss.kl_coef > 0 else "no (kl_coef = 0)",
+        }
+
+
+def recipe_path(name: str) -> Path:
+    """The file of a built-in recipe."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; built-in recipes: {', '.join(RECIPES)}")
+    return Path(str(resources.files("grpopp_trainer") / "recipes" / f"{name}.yaml"))
+
+
+def _resolve_algorithm(data: dict[str, Any]) -> None:
+    """Turn ``algorithm: {preset: NAME, ...overrides}`` (or a bare preset name) into a full algorithm
+    config: the preset's values, with the given ones merged over them."""
+    raw = data.get("algorithm")
+    if raw is None:
+        return
+    if isinstance(raw, str):
+        raw = {"preset": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError("algorithm: give a preset name or a mapping with 'preset' and overrides")
+    raw = dict(raw)
+    preset = raw.pop("preset", raw.get("name", "grpopp"))
+    if preset not in PRESETS:
+        raise ConfigError(f"algorithm.preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    base = PRESETS[preset].config.model_dump()
+    # short names: algorithm.eps_high -> algorithm.loss.eps_high
+    for key in list(raw):
+        if key in LossConfig.model_fields and key not in AlgorithmConfig.model_fields:
+            raw.setdefault("loss", {})[key] = raw.pop(key)
+    data["algorithm"] = _deep_merge(base, raw)
+    data["algorithm"]["name"] = preset if not raw.keys() - {"name"} else f"{preset} + overrides"
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _expand_short_overrides(assignments: list[str]) -> list[str]:
+    expanded = []
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        parts = key.strip().split(".")
+        short = len(parts) == 2 and parts[0] == "algorithm" and parts[1] in LossConfig.model_fields
+        if short and parts[1] not in AlgorithmConfig.model_fields:
+            key = f"algorithm.loss.{parts[1]}"
+        expanded.append(f"{key}{sep}{value}")
+    return expanded
+
+
+def load_train_config(
+    config_file: str | Path | None = None,
+    envs: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> TrainConfig:
+    """Build the run's config: file (or the tiny-arithmetic recipe when no file is given), then --env
+    flags, then --set overrides. Every error names the key and how to fix it."""
+    path = Path(config_file) if config_file is not None else recipe_path("tiny-arithmetic")
+    if config_file is not None and str(config_file) in RECIPES:
+        path = recipe_path(str(config_file))
+    data = load_config_file(path)
+    _resolve_algorithm(data)
+    if envs:
+        data["envs"] = [parse_env_arg(text).model_dump() for text in envs]
+    config = validate_config(TrainConfig, data)
+    if overrides:
+        config = apply_overrides(config, _expand_short_overrides(overrides))
+    return config

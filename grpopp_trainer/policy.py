@@ -1,0 +1,163 @@
+"""The policy being trained: model, optimizer and learning-rate schedule, in one place.
+
+Everything that touches parameters lives here (forward log-probs, backward, clipping, the
+optimizer step, saving and loading), so that a sharded implementation (FSDP) can replace this class
+without the training loop changing.
+
+Token layout for the learner: prompts are left-padded to a common length P and completions
+right-padded to T, so every completion starts at column P and the logits that predict completion
+tokens are the columns P-1 .. P+T-2 (position ids follow the attention mask, as in generation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grpopp_trainer.config import OptimConfig
+
+
+@dataclass
+class TokenBatch:
+    """Completions laid out for the learner (see the module docstring)."""
+
+    input_ids: torch.Tensor  # [B, P + T] left-padded prompt, right-padded completion
+    attention_mask: torch.Tensor  # [B, P + T] 1 on real tokens
+    completion_mask: torch.Tensor  # [B, T] 1 on completion tokens
+    prompt_length: int  # P
+
+    @property
+    def completion_length(self) -> int:
+        return int(self.completion_mask.shape[1])
+
+
+def make_token_batch(
+    prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, device: torch.device
+) -> TokenBatch:
+    """Lay out (prompt, completion) token-id pairs for one forward pass."""
+    prompt_length = max(len(p) for p in prompts)
+    completion_length = max(1, max(len(c) for c in completions))
+    rows, masks, completion_masks = [], [], []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        left, right = prompt_length - len(prompt), completion_length - len(completion)
+        rows.append([pad_token_id] * left + prompt + completion + [pad_token_id] * right)
+        masks.append([0] * left + [1] * (len(prompt) + len(completion)) + [0] * right)
+        completion_masks.append([1] * len(completion) + [0] * right)
+    return TokenBatch(
+        input_ids=torch.tensor(rows, dtype=torch.long, device=device),
+        attention_mask=torch.tensor(masks, dtype=torch.long, device=device),
+        completion_mask=torch.tensor(completion_masks, dtype=torch.float32, device=device),
+        prompt_length=prompt_length,
+    )
+
+
+def completion_logprobs(
+    model: PreTrainedModel, batch: TokenBatch, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, T] of the completion tokens under ``model`` at ``temperature`` (the sampler's
+    scaling, so TIS compares like with like), and optionally the entropy [B, T] (detached)."""
+    position_ids = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, P + T]
+    length = batch.completion_length
+    output = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=length + 1,  # columns P-1 .. P+T-1; the last one predicts past the end
+    )
+    logits = output.logits[:, :-1, :].float() / temperature  # [B, T, V]
+    targets = batch.input_ids[:, batch.prompt_length :]  # [B, T]
+    log_softmax = torch.log_softmax(logits, dim=-1)  # [B, T, V]
+    logprobs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)  # [B, T]
+    return logprobs, entropy
+
+
+class Policy:
+    """The trained model, its AdamW optimizer and its learning-rate schedule."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        optim: OptimConfig,
+        total_optimizer_steps: int,
+        device: torch.device,
+    ) -> None:
+        torch.nn.Module.to(model, device)  # transformers wraps .to() in a decorator mypy cannot read
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.optim_config = optim
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=optim.lr,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _lr_factor(step, optim, total_optimizer_steps)
+        )
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+        return int(pad)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def token_batch(self, prompts: list[list[int]], completions: list[list[int]]) -> TokenBatch:
+        return make_token_batch(prompts, completions, self.pad_token_id, self.device)
+
+    def step(self) -> tuple[float, bool]:
+        """Clip gradients and take an optimizer step; return (grad norm, applied). A non-finite
+        gradient norm skips the step (the gradients are dropped, never applied)."""
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.optim_config.max_grad_norm))
+        applied = math.isfinite(norm)
+        if applied:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, applied
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_pretrained(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def _lr_factor(step: int, optim: OptimConfig, total: int) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
+    floor = optim.min_lr_ratio
+    if optim.schedule == "linear":
+        return floor + (1.0 - floor) * (1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,229 @@
+"""Running a training job end to end: run directory, model, engine, evaluation, checkpoints, resume.
+
+``train(config)`` is what ``grpopp train`` calls: it writes the resolved config into the run
+directory, loads (or builds) the model, evaluates on held-out tasks, runs the steps with a progress
+bar, checkpoints, evaluates again and returns a summary. ``train(config, resume=RUN_DIR)`` continues a
+run from its newest complete checkpoint, with the same data position and sampling seeds, so the
+metrics continue as those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from grpopp_trainer import checkpoint as ckpt
+from grpopp_trainer.config import ModelConfig, TrainConfig
+from grpopp_trainer.config_tools import ConfigError, validate_config
+from grpopp_trainer.policy import Policy
+from grpopp_trainer.rollout.base import RolloutEngine
+from grpopp_trainer.trainer import Trainer, make_reference
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    steps: int
+    accuracy_before: float
+    accuracy_after: float
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA device is available; use device=auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The policy model and its tokenizer: from ``path`` (a checkpoint), the built-in tiny model, or a
+    local folder or hub id."""
+    source = path or config.name_or_path
+    if source == "tiny":
+        from grpopp_trainer.tiny import load_or_create_tiny_model
+
+        source = str(load_or_create_tiny_model())
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    _disable_dropout(model)
+    return model, tokenizer
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    """RL needs pi_old = pi on the first pass: dropout would make the ratio noisy (TRL does the same)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def make_engine(config: TrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    if config.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine='vllm' is not available in this release yet; use rollout.engine=hf")
+    from grpopp_trainer.rollout.hf import HFEngine
+
+    return HFEngine(model, tokenizer, batch_size=config.rollout.batch_size)
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    if config.logging.run_dir:
+        return Path(config.logging.run_dir)
+    return Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def train(
+    config: TrainConfig | None,
+    resume: Path | None = None,
+    console: Console | None = None,
+    stop_after: int | None = None,
+) -> TrainSummary:
+    """Run a training job, or resume the one in ``resume`` (its saved config is used; ``config`` must
+    be None then). ``stop_after`` ends it after that many steps, as a kill would (tests)."""
+    console = console or Console()
+    started = time.perf_counter()
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("a resumed run uses the config saved in its run directory; pass config=None")
+        config, checkpoint = _load_resume(resume)
+        run_dir = resume
+    elif config is None:
+        raise ConfigError("give a TrainConfig, or a run directory to resume")
+    else:
+        run_dir, checkpoint = new_run_dir(config), None
+        if ckpt.latest_checkpoint(run_dir) is not None:
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints: resume it with --resume {run_dir}, or pick another run_dir"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    _print_summary(console, config, run_dir, device, checkpoint)
+
+    model, tokenizer = load_model(config.model, str(checkpoint) if checkpoint else None)
+    reference = None
+    if config.algorithm.loss.kl_coef > 0:
+        initial, _ = load_model(config.model) if checkpoint else (model, tokenizer)
+        reference = make_reference(initial)
+        torch.nn.Module.to(reference, device)
+    total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
+    policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device)
+    trainer = Trainer(config, policy, make_engine(config, policy.model, tokenizer), run_dir, reference)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        console.print(f"resumed from {checkpoint} at step {trainer.step}")
+
+    before = _evaluate(trainer, console, "before training") if trainer.step == 0 else _last_eval(run_dir)
+    _run_steps(trainer, console, stop_after)
+    after = _evaluate(trainer, console, "after training") if trainer.step >= config.steps else {}
+    trainer.log.close()
+    summary = TrainSummary(
+        run_dir,
+        trainer.step,
+        before.get("accuracy", float("nan")),
+        after.get("accuracy", float("nan")),
+        time.perf_counter() - started,
+    )
+    if after:
+        console.print(
+            f"[bold]held-out accuracy: {summary.accuracy_before:.3f} -> {summary.accuracy_after:.3f}[/] "
+            f"({summary.steps} steps, {summary.seconds:.0f} s, run dir {run_dir})"
+        )
+    return summary
+
+
+def _run_steps(trainer: Trainer, console: Console, stop_after: int | None) -> None:
+    cfg = trainer.config
+    last = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
+    columns = [TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.description}")]
+    with Progress(
+        *columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not cfg.logging.progress
+    ) as bar:
+        task = bar.add_task("", total=cfg.steps, completed=trainer.step)
+        while trainer.step < last:
+            result = trainer.train_step()
+            trainer.step += 1
+            trainer.log.metrics(trainer.step, result.metrics)
+            trainer.log.samples(trainer.step, trainer.sample_records(result.groups))
+            m = result.metrics
+            bar.update(
+                task,
+                completed=trainer.step,
+                description=f"reward {m['reward']:.3f} acc {m['accuracy']:.3f} len {m['length/mean']:.1f} "
+                f"entropy {m.get('entropy', float('nan')):.3f}",
+            )
+            if cfg.eval.every and trainer.step % cfg.eval.every == 0 and trainer.step < cfg.steps:
+                trainer.log.eval(trainer.step, trainer.evaluate())
+            if (cfg.checkpoint.every and trainer.step % cfg.checkpoint.every == 0) or trainer.step == cfg.steps:
+                trainer.save()
+
+
+def _evaluate(trainer: Trainer, console: Console, when: str) -> dict[str, float]:
+    results = trainer.evaluate()
+    trainer.log.eval(trainer.step, results)
+    per_env = ", ".join(f"{k.removesuffix('/accuracy')} {v:.3f}" for k, v in results.items() if k.endswith("/accuracy"))
+    console.print(f"held-out accuracy {when}: {results['accuracy']:.3f} ({per_env})")
+    return results
+
+
+def _last_eval(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "eval.jsonl"
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first: dict[str, float] = json.loads(lines[0]) if lines else {}
+    return first
+
+
+def _load_resume(run_dir: Path) -> tuple[TrainConfig, Path]:
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grpopp run directory?")
+    checkpoint = ckpt.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ConfigError(f"--resume {run_dir}: no complete checkpoint to resume from (set checkpoint.every)")
+    config = validate_config(TrainConfig, yaml.safe_load(config_file.read_text()))
+    return config, checkpoint
+
+
+def _print_summary(
+    console: Console, config: TrainConfig, run_dir: Path, device: torch.device, checkpoint: Path | None
+) -> None:
+    table = Table(title="grpopp train", show_header=False)
+    rows: list[tuple[str, Any]] = [
+        ("run dir", run_dir),
+        ("model", config.model.name_or_path),
+        ("device", device),
+        ("algorithm", config.algorithm.name),
+        ("environments", ", ".join(f"{e.name} (w={e.weight:g})" for e in config.envs)),
+        ("steps", config.steps),
+        ("prompts per step x group", f"{config.batch.prompts_per_step} x {config.rollout.completions_per_prompt}"),
+        *config.derived().items(),
+    ]
+    if checkpoint is not None:
+        rows.append(("resume from", checkpoint))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)

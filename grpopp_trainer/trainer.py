@@ -1,0 +1,363 @@
+"""The GRPO++ training loop.
+
+One training step, as numbered in ``Trainer.train_step``:
+
+1. Sample prompts from the environment mixture (exact quotas, deterministic).
+2. Generate G completions per prompt with the rollout engine, recording the sampler's log-probs.
+3. Verify and shape rewards with each prompt's environment (the same code evaluation uses).
+4. Mask samples the verifier could not judge (timeout, error) and count them by status.
+5. Dynamic sampling (DAPO, arXiv 2503.14476, sec. 3.2): drop groups whose rewards are all equal and
+   generate again until the batch is full or ``max_generation_rounds`` is reached.
+6. Overlong filtering (DAPO sec. 3.4): optionally mask the loss of truncated completions.
+7. Advantages from the group statistics of valid samples (``compute_advantages``).
+8. mu epochs over mini-batches of whole groups; micro-batches accumulate gradients with the
+   mini-batch's ``num_items`` normaliser, so the gradient equals a single pass over the mini-batch.
+9. Optimizer step with gradient clipping; a non-finite loss or gradient skips the step (counted).
+10. Metrics; periodic evaluation and checkpoints.
+
+A reference model is built only when ``kl_coef > 0``. On-policy updates (one mini-batch, one epoch)
+reuse the training forward pass for pi_old, as the ratio is then 1 by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from envs.base import Environment, Task
+from envs.mixture import Mixture, build_mixture
+from grpopp_trainer import checkpoint as ckpt
+from grpopp_trainer.advantages import compute_advantages
+from grpopp_trainer.batch import CollectStats, Group, TrainTensors, pad, score_groups, to_tensors
+from grpopp_trainer.config import TrainConfig
+from grpopp_trainer.losses import policy_loss
+from grpopp_trainer.policy import Policy, completion_logprobs
+from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
+from grpopp_trainer.run_log import RunLog, truncate_log
+from rewards.shaping import LengthLimits
+
+
+@dataclass
+class StepResult:
+    """What one training step did."""
+
+    metrics: dict[str, float]
+    groups: list[Group] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs ``TrainConfig.steps`` GRPO++ steps on a policy with a rollout engine and a mixture."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        policy: Policy,
+        engine: RolloutEngine,
+        run_dir: Path,
+        reference: PreTrainedModel | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.engine = engine
+        self.run_dir = run_dir
+        self.reference = reference
+        self.mixture: Mixture = build_mixture(config.envs, seed=config.seed)
+        self.envs: dict[str, Environment[Any]] = {env.name: env for env in self.mixture.envs}
+        self.limits: LengthLimits = config.algorithm.length_limits(config.rollout.max_new_tokens)
+        self.step = 0
+        self.skipped_updates = 0
+        self.log = RunLog(run_dir, config.logging, config.model_dump(mode="json"))
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def train_step(self) -> StepResult:
+        cfg, algorithm = self.config, self.config.algorithm
+        # 1-6. Prompts, completions, rewards, masks, dynamic sampling, overlong filtering.
+        groups, stats = self.collect_groups()
+        if not groups:  # every group had equal rewards in every round: nothing to learn from
+            self.skipped_updates += 1
+            return StepResult(self._step_metrics(groups, stats, {}, 0.0), groups)
+        tensors = to_tensors(groups, algorithm.overlong.filter_truncated)
+        # 7. Advantages over the valid samples of each group.
+        advantages = compute_advantages(
+            tensors.rewards,
+            cfg.rollout.completions_per_prompt,
+            scale=algorithm.advantage_scale,
+            eps=algorithm.advantage_eps,
+            valid=tensors.valid,
+        ).float()
+        # 8-9. mu epochs x mini-batches x micro-batches, then clipped optimizer steps.
+        started = time.perf_counter()
+        update_metrics = self.update(tensors, advantages)
+        return StepResult(self._step_metrics(groups, stats, update_metrics, time.perf_counter() - started), groups)
+
+    def collect_groups(self) -> tuple[list[Group], CollectStats]:
+        """Steps 1-6: fill the batch with groups, over several generation rounds under dynamic sampling."""
+        cfg, sampling = self.config, self.config.algorithm.dynamic_sampling
+        needed, stats = cfg.batch.prompts_per_step, CollectStats()
+        kept: list[Group] = []
+        max_rounds = sampling.max_generation_rounds if sampling.enabled else 1
+        while len(kept) < needed and stats.rounds < max_rounds:
+            missing = needed - len(kept)
+            count = math.ceil(missing * sampling.oversample_factor) if sampling.enabled else missing
+            tasks = self.mixture.next_batch(count)  # 1.
+            params = cfg.rollout.sampling_params(seed=self._seed("rollout", stats.rounds))
+            groups = self._generate_and_score(tasks, params, stats)  # 2-3.
+            for group in groups:
+                for sample in group.samples:  # 4. statuses, counted; invalid ones are masked later
+                    stats.statuses[sample.reward.status] += 1
+            stats.rounds += 1
+            stats.generated += groups
+            signal = [g for g in groups if g.has_signal]
+            stats.groups_without_signal += len(groups) - len(signal)
+            kept += signal if sampling.enabled else groups  # 5.
+        return kept[:needed], stats
+
+    def _generate_and_score(self, tasks: list[Task], params: SamplingParams, stats: CollectStats) -> list[Group]:
+        started = time.perf_counter()
+        completions = self.engine.generate(
+            [t.prompt for t in tasks], params, n=self.config.rollout.completions_per_prompt
+        )
+        stats.generation_seconds += time.perf_counter() - started
+        stats.generated_tokens += sum(len(c.token_ids) for group in completions for c in group)
+        started = time.perf_counter()
+        groups = score_groups(tasks, completions, self.envs, self.limits)
+        stats.scoring_seconds += time.perf_counter() - started
+        return groups
+
+    def update(self, tensors: TrainTensors, advantages: torch.Tensor) -> dict[str, float]:
+        """Steps 8-9: policy-gradient updates on one rollout batch."""
+        cfg = self.config
+        group_size = cfg.rollout.completions_per_prompt
+        num_groups = len(tensors.prompts) // group_size
+        on_policy = cfg.batch.mini_batches == 1 and cfg.batch.epochs == 1
+        old = None if on_policy else self._logprobs_no_grad(self.policy.model, tensors)
+        reference = self._logprobs_no_grad(self.reference, tensors) if self.reference is not None else None
+        groups_per_mini_batch = max(1, num_groups // cfg.batch.mini_batches)
+        collected: dict[str, list[float]] = defaultdict(list)
+        order_rng = random.Random(self._seed("minibatch", 0))
+        self.policy.model.train()
+        for _ in range(cfg.batch.epochs):
+            group_order = list(range(num_groups))
+            order_rng.shuffle(group_order)
+            for first in range(0, num_groups, groups_per_mini_batch):
+                chosen = group_order[first : first + groups_per_mini_batch]
+                rows = [g * group_size + k for g in chosen for k in range(group_size)]
+                for key, value in self._update_mini_batch(tensors, advantages, rows, old, reference).items():
+                    collected[key].append(value)
+        return {key: statistics.fmean(values) for key, values in collected.items() if values}
+
+    def _update_mini_batch(
+        self,
+        tensors: TrainTensors,
+        advantages: torch.Tensor,
+        rows: list[int],
+        old: list[torch.Tensor] | None,
+        reference: list[torch.Tensor] | None,
+    ) -> dict[str, float]:
+        """One optimizer step over ``rows``, accumulated over micro-batches with a shared normaliser."""
+        cfg, loss_cfg = self.config, self.config.algorithm.loss
+        trained = tensors.trained[rows]
+        lengths = torch.tensor([len(tensors.completions[r]) for r in rows])
+        token_total = float((lengths * trained).sum())
+        sequence_total = float(((lengths > 0) & trained).sum())
+        num_items = token_total if loss_cfg.aggregation == "token_mean" else sequence_total
+        if num_items == 0:  # every sample of the mini-batch masked: no update
+            return {}
+        metrics: dict[str, list[float]] = defaultdict(list)
+        finite, tokens = True, 0
+        for start in range(0, len(rows), cfg.batch.micro_batch_size):
+            micro = rows[start : start + cfg.batch.micro_batch_size]
+            batch = self.policy.token_batch(
+                [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
+            )
+            logprobs, entropy = completion_logprobs(
+                self.policy.model, batch, cfg.rollout.temperature, with_entropy=True
+            )
+            mask = batch.completion_mask * tensors.trained[micro].unsqueeze(1).to(batch.completion_mask)  # [b, T]
+            length = batch.completion_length
+            out = policy_loss(
+                logprobs,
+                logprobs.detach() if old is None else _stack(old, micro, length),
+                advantages[micro].to(logprobs.device),
+                mask,
+                loss_cfg,
+                sampler_logprobs=pad([tensors.sampler_logprobs[r] for r in micro], length, logprobs.device),
+                ref_logprobs=None if reference is None else _stack(reference, micro, length),
+                num_items=num_items,
+            )
+            if not torch.isfinite(out.loss):
+                finite = False
+                break
+            out.loss.backward()
+            tokens += int(batch.completion_mask.sum())
+            for key, value in out.metrics.items():
+                metrics[key].append(value)
+            if entropy is not None and mask.sum() > 0:
+                metrics["entropy"].append(float((entropy * mask).sum() / mask.sum()))
+        if not finite:
+            self.policy.zero_grad()
+            self.skipped_updates += 1
+            return {"skipped_update": 1.0}
+        grad_norm, applied = self.policy.step()
+        if not applied:
+            self.skipped_updates += 1
+        summary = {key: statistics.fmean(v) for key, v in metrics.items() if not key.startswith(("num_", "denom"))}
+        summary.update({"grad_norm": grad_norm, "skipped_update": 0.0 if applied else 1.0, "train_tokens": tokens})
+        return summary
+
+    def _logprobs_no_grad(self, model: PreTrainedModel | None, tensors: TrainTensors) -> list[torch.Tensor]:
+        """Per-sample log-probs [T_i] of the completions under ``model`` (pi_old or the reference)."""
+        assert model is not None
+        out: list[torch.Tensor] = []
+        size = self.config.batch.micro_batch_size
+        with torch.no_grad():
+            for start in range(0, len(tensors.prompts), size):
+                rows = range(start, min(start + size, len(tensors.prompts)))
+                batch = self.policy.token_batch(
+                    [tensors.prompts[r] for r in rows], [tensors.completions[r] for r in rows]
+                )
+                logprobs, _ = completion_logprobs(model, batch, self.config.rollout.temperature)
+                out.extend(logprobs[i, : len(tensors.completions[r])].detach() for i, r in enumerate(rows))
+        return out
+
+    # -- evaluation, metrics, checkpoints --------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy per environment on its test split (greedy by default)."""
+        cfg = self.config
+        params = SamplingParams(
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=0.0 if cfg.eval.greedy else cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            stop=cfg.rollout.stop,
+            seed=cfg.seed,
+        )
+        results: dict[str, float] = {}
+        correct_all, judged_all = 0, 0
+        for name, env in self.envs.items():
+            size = env.num_tasks("test")
+            count = cfg.eval.tasks_per_env if size is None else min(size, cfg.eval.tasks_per_env)
+            tasks = [env.task(i, "test") for i in range(count)]
+            completions = self.engine.generate([t.prompt for t in tasks], params, n=1)
+            groups = score_groups(tasks, completions, {name: env}, self.limits)
+            rewards = [g.samples[0].reward for g in groups]
+            judged = [r for r in rewards if r.verification is not None and r.verification.judged]
+            correct = sum(r.status == "correct" for r in judged)
+            results[f"{name}/accuracy"] = correct / len(judged) if judged else math.nan
+            results[f"{name}/unjudged"] = float(len(rewards) - len(judged))
+            correct_all, judged_all = correct_all + correct, judged_all + len(judged)
+        results["accuracy"] = correct_all / judged_all if judged_all else math.nan
+        return results
+
+    def _step_metrics(
+        self, groups: list[Group], stats: CollectStats, update: dict[str, float], train_seconds: float
+    ) -> dict[str, float]:
+        """Rewards, accuracy and lengths over every completion generated this step (also those of groups
+        dynamic sampling dropped); the update's statistics over the kept ones."""
+        samples = [s for g in stats.generated for s in g.samples]
+        lengths = [len(s.completion.token_ids) for s in samples]
+        metrics: dict[str, float] = {
+            "reward": _mean([s.reward.total for s in samples if s.reward.valid]),
+            "accuracy": _mean([float(s.correct) for s in samples if s.reward.valid]),
+            "length/mean": _mean(lengths),
+            "length/max": float(max(lengths, default=0)),
+            "truncated": _mean([float(s.truncated) for s in samples]),
+            "dynamic_sampling/rounds": float(stats.rounds),
+            "dynamic_sampling/zero_variance_fraction": stats.groups_without_signal / max(len(stats.generated), 1),
+            "groups": float(len(groups)),
+            "lr": self.policy.lr,
+            "time/generation": stats.generation_seconds,
+            "time/scoring": stats.scoring_seconds,
+            "time/training": train_seconds,
+            "tokens_per_second/generation": stats.generated_tokens / max(stats.generation_seconds, 1e-9),
+            "tokens_per_second/training": update.get("train_tokens", 0.0) / max(train_seconds, 1e-9),
+            "skipped_updates_total": float(self.skipped_updates),
+        }
+        total_statuses = sum(stats.statuses.values())
+        for status in ("timeout", "error", "unparseable"):
+            metrics[f"masked/{status}" if status != "unparseable" else "unparseable"] = stats.statuses.get(
+                status, 0
+            ) / max(total_statuses, 1)
+        for env_name in self.envs:
+            env_samples = [s for g in stats.generated if g.task.env == env_name for s in g.samples if s.reward.valid]
+            metrics[f"{env_name}/accuracy"] = _mean([float(s.correct) for s in env_samples])
+            metrics[f"{env_name}/reward"] = _mean([s.reward.total for s in env_samples])
+            for component in env_samples[0].reward.components if env_samples else {}:
+                values = [s.reward.components[component].value for s in env_samples]
+                metrics[f"{env_name}/reward/{component}"] = _mean(values)
+        metrics.update({k: v for k, v in update.items() if k != "train_tokens"})
+        return metrics
+
+    def save(self) -> Path:
+        state = {
+            "step": self.step,
+            "policy": self.policy.state_dict(),
+            "mixture": self.mixture.state_dict(),
+            "skipped_updates": self.skipped_updates,
+        }
+        return ckpt.save_checkpoint(
+            self.run_dir, self.step, self.policy.save_pretrained, state, self.config.checkpoint.keep_last
+        )
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from ``checkpoint`` (its model weights must already be in the policy)."""
+        state = ckpt.load_state(checkpoint)
+        self.step = int(state["step"])
+        self.policy.load_state_dict(state["policy"])
+        self.mixture.load_state_dict(state["mixture"])
+        self.skipped_updates = int(state["skipped_updates"])
+        ckpt.restore_rng(state["rng"])
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
+            truncate_log(self.run_dir, name, self.step)
+
+    def sample_records(self, groups: list[Group]) -> list[dict[str, Any]]:
+        records = []
+        for group in groups[: self.config.logging.samples_per_step]:
+            sample = group.samples[0]
+            records.append(
+                {
+                    "task_id": group.task.id,
+                    "prompt": group.task.prompt if isinstance(group.task.prompt, str) else str(group.task.prompt),
+                    "completion": sample.completion.text,
+                    "finish_reason": sample.completion.finish_reason,
+                    "reward": sample.reward.model_dump(mode="json", exclude={"verification"}),
+                    "verification": sample.reward.verification.model_dump() if sample.reward.verification else None,
+                }
+            )
+        return records
+
+    def _seed(self, purpose: str, index: int) -> int:
+        """A seed for (step, purpose, index): the same on a resumed run as on an uninterrupted one."""
+        return random.Random(f"{self.config.seed}|{self.step}|{purpose}|{index}").getrandbits(31)
+
+
+def make_reference(model: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of the initial policy, for the KL penalty."""
+    reference: PreTrainedModel = copy.deepcopy(model)
+    reference.eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    return reference
+
+
+def _stack(per_sample: list[torch.Tensor], rows: list[int], length: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), length, device=per_sample[rows[0]].device)
+    for i, r in enumerate(rows):
+        out[i, : per_sample[r].numel()] = per_sample[r]
+    return out
+
+
+def _mean(values: list[float] | list[int]) -> float:
+    return float(statistics.fmean(values)) if values else math.nan

@@ -1,0 +1,309 @@
+"""The training loop on CPU with a small random model and the coin environments (tests/plugins).
+
+Tier 2 and 3 of the house style: a step changes the parameters, rewards rise on a learnable task,
+dynamic sampling refills and stops, masked samples give no gradient, a non-finite loss is skipped,
+and a run killed with SIGKILL resumes with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from envs.registry import load_plugin, registered_envs
+from grpopp_trainer import trainer as trainer_module
+from grpopp_trainer.batch import TrainTensors
+from grpopp_trainer.config import TrainConfig, load_train_config
+from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.losses import LossOutput
+from grpopp_trainer.policy import Policy
+from grpopp_trainer.rollout.hf import HFEngine
+from grpopp_trainer.run import load_model, train
+from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp_trainer.trainer import Trainer
+
+PLUGIN = str(Path(__file__).parent / "plugins" / "coin_env.py")
+GRPOPP = str(Path(sys.executable).with_name("grpopp"))
+TIMING_KEYS = ("time/", "tokens_per_second/")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def coin_envs():
+    if "coin" not in registered_envs():
+        load_plugin(PLUGIN)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A small random model in Hugging Face format (no warm start: the coin envs need none)."""
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    path = tmp_path_factory.mktemp("random-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_config(tmp_path: Path, model_dir: Path, run_dir: Path, **sections) -> Path:
+    data = {
+        "model": {"name_or_path": str(model_dir)},
+        "rollout": {"completions_per_prompt": 4, "max_new_tokens": 3, "batch_size": 64},
+        "algorithm": {"preset": "grpopp"},
+        "envs": [{"name": "coin"}],
+        "batch": {"prompts_per_step": 4, "micro_batch_size": 8},
+        "optim": {"lr": 1e-2},
+        "steps": 2,
+        "eval": {"tasks_per_env": 8},
+        "checkpoint": {"every": 1, "keep_last": 10},
+        "logging": {"run_dir": str(run_dir), "progress": False},
+        "seed": 0,
+    }
+    for section, values in sections.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    path = tmp_path / f"config-{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def config_for(tmp_path, model_dir, name="run", **sections) -> TrainConfig:
+    return load_train_config(write_config(tmp_path, model_dir, tmp_path / name, **sections))
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """Every line of metrics.jsonl: training steps and evaluations (keys eval/...)."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_metrics(run_dir: Path) -> list[dict]:
+    return [m for m in metrics(run_dir) if "reward" in m]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_one_step_changes_the_parameters(tmp_path, model_dir):
+    summary = train(config_for(tmp_path, model_dir, steps=1), stop_after=None)
+    after = weights(summary.run_dir / "checkpoints" / "step-000001")
+    before = weights(model_dir)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) == len(before)  # every tensor of the model received a gradient step
+    assert step_metrics(summary.run_dir)[0]["skipped_update"] == 0.0
+
+
+def test_rewards_rise_on_a_learnable_task(tmp_path, model_dir):
+    config = config_for(
+        tmp_path,
+        model_dir,
+        steps=12,
+        rollout={"completions_per_prompt": 8, "max_new_tokens": 2},
+        batch={"prompts_per_step": 8},
+        optim={"lr": 3e-2},
+        checkpoint={"every": 0},
+        eval={"tasks_per_env": 64},
+    )
+    summary = train(config)
+    accuracy = [m["accuracy"] for m in step_metrics(summary.run_dir)]
+    assert sum(accuracy[-3:]) / 3 > sum(accuracy[:3]) / 3 + 0.25, accuracy
+    assert summary.accuracy_after > summary.accuracy_before + 0.25
+
+
+def test_dynamic_sampling_refills_the_batch(tmp_path, model_dir):
+    # Even task indices are always correct (no signal): round 1 keeps about half the groups.
+    config = config_for(
+        tmp_path,
+        model_dir,
+        envs=[{"name": "coin_half_flat"}],
+        steps=1,
+        algorithm={"preset": "grpopp", "dynamic_sampling": {"oversample_factor": 1.0, "max_generation_rounds": 10}},
+    )
+    summary = train(config)
+    (m,) = step_metrics(summary.run_dir)
+    assert m["groups"] == 4
+    assert m["dynamic_sampling/rounds"] >= 2
+    assert m["dynamic_sampling/zero_variance_fraction"] >= 0.4
+
+
+def test_dynamic_sampling_stops_at_its_limit(tmp_path, model_dir):
+    # arithmetic with a random model: every completion wrong, every group without signal.
+    config = config_for(
+        tmp_path,
+        model_dir,
+        envs=[{"name": "arithmetic", "config": {"prompt_template": "{expression}="}}],
+        steps=1,
+        algorithm={"preset": "grpopp", "dynamic_sampling": {"max_generation_rounds": 3}},
+    )
+    summary = train(config)
+    (m,) = step_metrics(summary.run_dir)
+    assert m["dynamic_sampling/rounds"] == 3
+    assert m["groups"] == 0 and m["skipped_updates_total"] == 1
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            weights(model_dir).values(), weights(summary.run_dir / "checkpoints" / "step-000001").values(), strict=True
+        )
+    )
+
+
+def build_trainer(config: TrainConfig, run_dir: Path) -> Trainer:
+    model, tokenizer = load_model(config.model)
+    policy = Policy(model, tokenizer, config.optim, config.steps, torch.device("cpu"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(config, policy, HFEngine(policy.model, tokenizer), run_dir)
+
+
+def test_masked_samples_contribute_no_gradient(tmp_path, model_dir):
+    """Two batches that differ only in the completions of invalid samples give the same update."""
+    config = config_for(tmp_path, model_dir, algorithm={"preset": "grpopp", "loss": {"tis": "off"}})
+    results = []
+    for garbage in ([5, 6, 7], [40, 41]):
+        trainer = build_trainer(config, tmp_path / f"masked-{garbage[0]}")
+        valid = torch.tensor([True, False, True, True, True, True, False, True])
+        completions = [[10, 11], garbage, [12], [13, 14, 15], [16], [17, 18], garbage, [19]]
+        tensors = TrainTensors(
+            prompts=[[20, 21, 22]] * 8,
+            completions=completions,
+            sampler_logprobs=[[-1.0] * len(c) for c in completions],
+            rewards=torch.tensor([1.0, float("nan"), 0.0, 1.0, 0.0, 1.0, float("nan"), 0.0], dtype=torch.float64),
+            valid=valid,
+            trained=valid,
+        )
+        advantages = torch.tensor([1.0, 0.0, -1.0, 1.0, -1.0, 1.0, 0.0, -1.0])
+        trainer.update(tensors, advantages)
+        results.append({k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()})
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert any(not torch.equal(results[0][k], v) for k, v in weights(model_dir).items() if k in results[0])
+
+
+def test_failed_verifications_are_masked_and_counted(tmp_path, model_dir):
+    config = config_for(tmp_path, model_dir, envs=[{"name": "coin_flaky"}], steps=2, rollout={"max_new_tokens": 3})
+    summary = train(config)
+    rows = step_metrics(summary.run_dir)
+    assert all(0.0 <= m["masked/error"] <= 1.0 for m in rows)
+    samples = [json.loads(line) for line in (summary.run_dir / "samples.jsonl").read_text().splitlines()]
+    for record in samples:
+        starts_with_digit = record["completion"][:1].isdigit()
+        assert (record["reward"]["status"] == "error") == starts_with_digit
+        assert record["reward"]["valid"] is (not starts_with_digit)
+
+
+def test_non_finite_loss_skips_the_update(tmp_path, model_dir, monkeypatch):
+    def nan_loss(logprobs, *args, **kwargs):
+        return LossOutput(loss=logprobs.sum() * float("nan"), metrics={})
+
+    monkeypatch.setattr(trainer_module, "policy_loss", nan_loss)
+    summary = train(config_for(tmp_path, model_dir, steps=1))
+    (m,) = step_metrics(summary.run_dir)
+    assert m["skipped_update"] == 1.0 and m["skipped_updates_total"] == 1.0
+    after = weights(summary.run_dir / "checkpoints" / "step-000001")
+    assert all(torch.equal(after[k], v) for k, v in weights(model_dir).items())
+
+
+def test_off_policy_updates_and_kl(tmp_path, model_dir):
+    config = config_for(
+        tmp_path,
+        model_dir,
+        steps=1,
+        batch={"prompts_per_step": 4, "mini_batches": 2, "epochs": 2, "micro_batch_size": 4},
+        algorithm={"preset": "grpo"},
+    )
+    summary = train(config)
+    (m,) = step_metrics(summary.run_dir)
+    assert m["kl_mean"] >= 0.0 and "kl_loss" in m  # k3 KL against the reference model
+    assert 0.0 <= m["clip_frac_high"] <= 1.0
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)} for row in rows]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, model_dir):
+    steps = {"steps": 4}
+    straight = tmp_path / "straight"
+    subprocess.run(
+        [GRPOPP, "train", "--plugin", PLUGIN, "--config", str(write_config(tmp_path, model_dir, straight, **steps))],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    killed = tmp_path / "killed"
+    config = write_config(tmp_path, model_dir, killed, **steps)
+    process = subprocess.Popen(
+        [GRPOPP, "train", "--plugin", PLUGIN, "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step-000002" / "trainer_state.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(
+        [GRPOPP, "train", "--plugin", PLUGIN, "--resume", str(killed)], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert comparable(metrics(killed)) == comparable(metrics(straight))
+    assert len(step_metrics(killed)) == 4
+    final = "checkpoints/step-000004"
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(weights(killed / final).values(), weights(straight / final).values(), strict=True)
+    )
+
+
+def test_config_errors_name_the_key(tmp_path, model_dir):
+    with pytest.raises(ConfigError, match="not divisible by batch.mini_batches"):
+        config_for(tmp_path, model_dir, batch={"prompts_per_step": 5, "mini_batches": 2})
+    with pytest.raises(ConfigError, match="Did you mean 'optim.lr'"):
+        load_train_config(write_config(tmp_path, model_dir, tmp_path / "x"), overrides=["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="algorithm.preset: unknown preset 'dapoo'"):
+        config_for(tmp_path, model_dir, algorithm={"preset": "dapoo"})
+    config = load_train_config(write_config(tmp_path, model_dir, tmp_path / "y"), overrides=["algorithm.eps_high=0.31"])
+    assert config.algorithm.loss.eps_high == 0.31  # short form of algorithm.loss.eps_high
+
+
+def test_dry_run_prints_the_resolved_config_without_loading_a_model(tmp_path):
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [GRPOPP, "train", "--dry-run", "--set", "algorithm.eps_high=0.3", "--env", "countdown:2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GRPOPP_CACHE": str(cache), "COLUMNS": "200"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout.split("derived values")[0].rsplit("\n", 2)[0])
+    assert resolved["algorithm"]["loss"]["eps_high"] == 0.3
+    assert resolved["envs"] == [{"name": "countdown", "weight": 2.0, "config": {}}]
+    assert "completions per step" in result.stdout
+    assert not cache.exists() and not (tmp_path / "runs").exists()  # no model built, no run started
+
+
+def test_train_cli_reports_config_errors(tmp_path):
+    result = subprocess.run(
+        [GRPOPP, "train", "--dry-run", "--set", "batch.prompts_per_step=0"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "batch.prompts_per_step: Input should be greater than or equal to 1" in result.stderr
+
+
+def test_default_recipe_trains_what_the_warm_start_taught():
+    from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV
+
+    config = load_train_config()  # the tiny-arithmetic recipe, what `grpopp train` runs
+    assert config.model.name_or_path == "tiny"
+    assert [(e.name, e.config) for e in config.envs] == [("arithmetic", TINY_ARITHMETIC_ENV)]
