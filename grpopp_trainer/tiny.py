@@ -246,41 +246,6 @@ def gold_answer(env: Environment[Any], task: Task) -> str:
 # -- accuracy checks -----------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
-    prompts: Sequence[str],
-    *,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> list[str]:
-    """Decode a completion of each prompt (greedy at temperature 0, else plain softmax sampling, no top-k
-    or top-p), at most ``_EVAL_MAX_NEW_TOKENS`` tokens, cut at EOS. Recomputes the whole (short)
-    sequence every step; left padding, positions counted from each prompt's first token."""
-    encoded = tokenizer(list(prompts), add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
-    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # [B, T]
-    finished = torch.zeros(len(prompts), dtype=torch.bool)  # [B]
-    generated: list[torch.Tensor] = []
-    for _ in range(_EVAL_MAX_NEW_TOKENS):
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, -1]
-        if temperature == 0.0:
-            next_ids = logits.argmax(-1)  # [B]
-        else:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)  # [B, V]
-            next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
-        next_ids = torch.where(finished, tokenizer.pad_token_id, next_ids)
-        generated.append(next_ids)
-        finished |= next_ids == tokenizer.eos_token_id
-        input_ids = torch.cat([input_ids, next_ids[:, None]], dim=-1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(next_ids)[:, None]], dim=-1)
-        if bool(finished.all()):
-            break
-    completions = torch.stack(generated, dim=-1).tolist()  # [B, new tokens]
-    return tokenizer.batch_decode(completions, skip_special_tokens=True)
-
-
 def correct_counts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -291,18 +256,19 @@ def correct_counts(
     samples: int = 1,
     seed: int = 0,
 ) -> list[int]:
-    """How many of ``samples`` completions of each task verify as correct, [len(tasks)]."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    prompts = [_prompt_text(task) for task in tasks] * samples
-    try:
-        completions = generate(model, tokenizer, prompts, temperature=temperature, generator=generator)
-    finally:
-        model.train(was_training)
-    results = env.verify_batch(list(tasks) * samples, completions)
-    correct = [result.status == "correct" for result in results]  # sample-major: [samples x len(tasks)]
-    return [sum(correct[index :: len(tasks)]) for index in range(len(tasks))]
+    """How many of ``samples`` completions of each task verify as correct, [len(tasks)]: greedy at
+    temperature 0, else plain softmax sampling; decoded by the same engine that training uses."""
+    from grpopp_trainer.rollout.base import SamplingParams
+    from grpopp_trainer.rollout.hf import HFEngine
+
+    engine = HFEngine(model, tokenizer, batch_size=256)
+    params = SamplingParams(max_new_tokens=_EVAL_MAX_NEW_TOKENS, temperature=temperature, seed=seed)
+    groups = engine.generate([_prompt_text(task) for task in tasks], params, n=samples)
+    results = env.verify_batch(
+        [task for task in tasks for _ in range(samples)], [c.text for group in groups for c in group]
+    )
+    correct = [result.status == "correct" for result in results]  # task-major: [len(tasks) x samples]
+    return [sum(correct[index * samples : (index + 1) * samples]) for index in range(len(tasks))]
 
 
 def accuracy(
