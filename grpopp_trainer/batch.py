@@ -56,10 +56,11 @@ class Group:
         """[G] bool: the verifier could judge the sample."""
         return torch.tensor([s.reward.valid for s in self.samples])
 
-    @property
-    def has_signal(self) -> bool:
-        """Not all valid rewards equal (and at least two valid): the group gives a gradient."""
-        return not bool(zero_variance_groups(self.rewards, len(self.samples), self.valid)[0])
+    def has_signal(self, filter_truncated: bool = False) -> bool:
+        """Not all rewards of the samples that will be trained on equal (and at least two of them):
+        the group gives a gradient. With overlong filtering, truncated samples do not count."""
+        trained = self.valid & ~torch.tensor([s.truncated for s in self.samples]) if filter_truncated else self.valid
+        return not bool(zero_variance_groups(self.rewards, len(self.samples), trained)[0])
 
 
 @dataclass

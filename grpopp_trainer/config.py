@@ -247,6 +247,14 @@ class TrainConfig(BaseModel):
                 f"{self.rollout.max_new_tokens}: completions never get that long; lower it or leave it unset"
             )
         self.algorithm.length_limits(self.rollout.max_new_tokens)  # validates cache_length against the limit
+        filtered = self.rollout.top_p < 1.0 or self.rollout.top_k > 0
+        if filtered and self.algorithm.loss.tis != "off":
+            raise ValueError(
+                f"algorithm.loss.tis={self.algorithm.loss.tis!r} with rollout.top_p/top_k filtering: the sampler's "
+                "log-probs are then those of the truncated distribution, so every importance weight would carry the "
+                "nucleus mass instead of the sampler/learner gap. Set algorithm.loss.tis=off, or sample with "
+                "top_p=1 and top_k=0"
+            )
         return self
 
     def derived(self) -> dict[str, int | float | str]:
@@ -336,5 +344,10 @@ def load_train_config(
         data["envs"] = [parse_env_arg(text).model_dump() for text in envs]
     config = validate_config(TrainConfig, data)
     if overrides:
-        config = apply_overrides(config, _expand_short_overrides(overrides))
+        expanded = _expand_short_overrides(overrides)
+        config = apply_overrides(config, expanded)
+        changed = [a for a in expanded if a.startswith("algorithm.") and not a.startswith("algorithm.name=")]
+        if changed and not config.algorithm.name.endswith("+ overrides"):
+            algorithm = config.algorithm.model_copy(update={"name": f"{config.algorithm.name} + overrides"})
+            config = config.model_copy(update={"algorithm": algorithm})
     return config

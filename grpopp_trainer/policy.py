@@ -70,7 +70,9 @@ def completion_logprobs(
         use_cache=False,
         logits_to_keep=length + 1,  # columns P-1 .. P+T-1; the last one predicts past the end
     )
-    logits = output.logits[:, :-1, :].float() / temperature  # [B, T, V]
+    # Slice explicitly: a model that ignores logits_to_keep returns all P + T columns, and gather would
+    # then silently read prompt positions.
+    logits = output.logits[:, -(length + 1) : -1, :].float() / temperature  # [B, T, V]
     targets = batch.input_ids[:, batch.prompt_length :]  # [B, T]
     log_softmax = torch.log_softmax(logits, dim=-1)  # [B, T, V]
     logprobs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
@@ -82,7 +84,7 @@ def completion_logprobs(
 
 
 class Policy:
-    """The trained model, its AdamW optimizer and its learning-rate schedule."""
+    """The trained model, its AdamW optimizer and its learning-rate schedule (set by position)."""
 
     def __init__(
         self,
@@ -103,9 +105,7 @@ class Policy:
             betas=optim.betas,
             weight_decay=optim.weight_decay,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: _lr_factor(step, optim, total_optimizer_steps)
-        )
+        self.total_optimizer_steps = total_optimizer_steps
 
     @property
     def pad_token_id(self) -> int:
@@ -123,6 +123,13 @@ class Policy:
     def token_batch(self, prompts: list[list[int]], completions: list[list[int]]) -> TokenBatch:
         return make_token_batch(prompts, completions, self.pad_token_id, self.device)
 
+    def set_schedule_position(self, optimizer_step: int) -> None:
+        """Set the learning rate of planned optimizer step ``optimizer_step`` (0-based). The position
+        comes from the training step, so skipped updates never shift the schedule."""
+        factor = _lr_factor(optimizer_step, self.optim_config, self.total_optimizer_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.optim_config.lr * factor
+
     def step(self) -> tuple[float, bool]:
         """Clip gradients and take an optimizer step; return (grad norm, applied). A non-finite
         gradient norm skips the step (the gradients are dropped, never applied)."""
@@ -131,7 +138,6 @@ class Policy:
         applied = math.isfinite(norm)
         if applied:
             self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm, applied
 
@@ -139,11 +145,10 @@ class Policy:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
     def save_pretrained(self, path: Path) -> None:
         self.model.save_pretrained(path)

@@ -10,6 +10,7 @@ metrics continue as those of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -83,7 +84,11 @@ def make_engine(config: TrainConfig, model: PreTrainedModel, tokenizer: PreTrain
         raise ConfigError("rollout.engine='vllm' is not available in this release yet; use rollout.engine=hf")
     from grpopp_trainer.rollout.hf import HFEngine
 
-    return HFEngine(model, tokenizer, batch_size=config.rollout.batch_size)
+    # Chat models may end a turn with another token than the tokenizer's EOS (e.g. <|eot_id|>): stop on all.
+    eos: set[int] = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos.update([generation_eos] if isinstance(generation_eos, int) else list(generation_eos or []))
+    return HFEngine(model, tokenizer, batch_size=config.rollout.batch_size, eos_token_ids=sorted(eos) or None)
 
 
 def new_run_dir(config: TrainConfig) -> Path:
@@ -111,9 +116,9 @@ def train(
         raise ConfigError("give a TrainConfig, or a run directory to resume")
     else:
         run_dir, checkpoint = new_run_dir(config), None
-        if ckpt.latest_checkpoint(run_dir) is not None:
+        if ckpt.latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
             raise ConfigError(
-                f"{run_dir} already holds checkpoints: resume it with --resume {run_dir}, or pick another run_dir"
+                f"{run_dir} already holds a run: resume it with --resume {run_dir}, or pick another run_dir"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -134,6 +139,10 @@ def train(
     if checkpoint is not None:
         trainer.restore(checkpoint)
         console.print(f"resumed from {checkpoint} at step {trainer.step}")
+        if trainer.step >= config.steps:
+            console.print(f"the run in {run_dir} is already complete ({trainer.step} of {config.steps} steps)")
+            trainer.log.close()
+            return TrainSummary(run_dir, trainer.step, math.nan, math.nan, time.perf_counter() - started)
 
     before = _evaluate(trainer, console, "before training") if trainer.step == 0 else _last_eval(run_dir)
     _run_steps(trainer, console, stop_after)

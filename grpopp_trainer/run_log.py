@@ -63,5 +63,13 @@ def truncate_log(run_dir: Path, name: str, after_step: int) -> None:
     path = run_dir / name
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= after_step]
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= after_step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _step_of(line: str) -> float:
+    """The step of a log line; a line cut short by a kill counts as after every step (dropped)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf

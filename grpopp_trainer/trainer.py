@@ -118,7 +118,7 @@ class Trainer:
                     stats.statuses[sample.reward.status] += 1
             stats.rounds += 1
             stats.generated += groups
-            signal = [g for g in groups if g.has_signal]
+            signal = [g for g in groups if g.has_signal(cfg.algorithm.overlong.filter_truncated)]
             stats.groups_without_signal += len(groups) - len(signal)
             kept += signal if sampling.enabled else groups  # 5.
         return kept[:needed], stats
@@ -143,19 +143,26 @@ class Trainer:
         on_policy = cfg.batch.mini_batches == 1 and cfg.batch.epochs == 1
         old = None if on_policy else self._logprobs_no_grad(self.policy.model, tensors)
         reference = self._logprobs_no_grad(self.reference, tensors) if self.reference is not None else None
-        groups_per_mini_batch = max(1, num_groups // cfg.batch.mini_batches)
+        # Mini-batches of whole groups, as equal as possible; fewer when dynamic sampling came back short.
+        chunks = min(cfg.batch.mini_batches, num_groups)
+        slots_per_step = cfg.batch.mini_batches * cfg.batch.epochs
         collected: dict[str, list[float]] = defaultdict(list)
         order_rng = random.Random(self._seed("minibatch", 0))
         self.policy.model.train()
-        for _ in range(cfg.batch.epochs):
+        for epoch in range(cfg.batch.epochs):
             group_order = list(range(num_groups))
             order_rng.shuffle(group_order)
-            for first in range(0, num_groups, groups_per_mini_batch):
-                chosen = group_order[first : first + groups_per_mini_batch]
+            for chunk in range(chunks):
+                chosen = group_order[chunk * num_groups // chunks : (chunk + 1) * num_groups // chunks]
                 rows = [g * group_size + k for g in chosen for k in range(group_size)]
+                # The schedule advances by planned optimizer steps, so skipped updates never shift it.
+                self.policy.set_schedule_position((self.step * slots_per_step) + epoch * cfg.batch.mini_batches + chunk)
                 for key, value in self._update_mini_batch(tensors, advantages, rows, old, reference).items():
                     collected[key].append(value)
-        return {key: statistics.fmean(values) for key, values in collected.items() if values}
+        summary = {key: statistics.fmean(values) for key, values in collected.items() if values}
+        if "train_tokens" in collected:
+            summary["train_tokens"] = float(sum(collected["train_tokens"]))
+        return summary
 
     def _update_mini_batch(
         self,
@@ -172,19 +179,23 @@ class Trainer:
         token_total = float((lengths * trained).sum())
         sequence_total = float(((lengths > 0) & trained).sum())
         num_items = token_total if loss_cfg.aggregation == "token_mean" else sequence_total
+        lr = self.policy.lr
         if num_items == 0:  # every sample of the mini-batch masked: no update
-            return {}
-        metrics: dict[str, list[float]] = defaultdict(list)
-        finite, tokens = True, 0
+            self.skipped_updates += 1
+            return {"skipped_update": 1.0, "lr": lr}
+        stats = _MetricAccumulator()
+        tokens = 0
         for start in range(0, len(rows), cfg.batch.micro_batch_size):
-            micro = rows[start : start + cfg.batch.micro_batch_size]
+            micro = [r for r in rows[start : start + cfg.batch.micro_batch_size] if tensors.trained[r]]
+            if not micro:  # nothing of this micro-batch is trained on: no forward pass needed
+                continue
             batch = self.policy.token_batch(
                 [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
             )
             logprobs, entropy = completion_logprobs(
                 self.policy.model, batch, cfg.rollout.temperature, with_entropy=True
             )
-            mask = batch.completion_mask * tensors.trained[micro].unsqueeze(1).to(batch.completion_mask)  # [b, T]
+            mask = batch.completion_mask  # [b, T]; every row here is trained
             length = batch.completion_length
             out = policy_loss(
                 logprobs,
@@ -197,23 +208,21 @@ class Trainer:
                 num_items=num_items,
             )
             if not torch.isfinite(out.loss):
-                finite = False
-                break
+                self.policy.zero_grad()
+                self.skipped_updates += 1
+                return {"skipped_update": 1.0, "lr": lr}
             out.loss.backward()
-            tokens += int(batch.completion_mask.sum())
-            for key, value in out.metrics.items():
-                metrics[key].append(value)
-            if entropy is not None and mask.sum() > 0:
-                metrics["entropy"].append(float((entropy * mask).sum() / mask.sum()))
-        if not finite:
-            self.policy.zero_grad()
-            self.skipped_updates += 1
-            return {"skipped_update": 1.0}
+            micro_tokens = int(mask.sum())
+            tokens += micro_tokens
+            entropy_mean = float((entropy * mask).sum() / mask.sum()) if entropy is not None else math.nan
+            stats.add({**out.metrics, "entropy": entropy_mean}, weight=micro_tokens)
         grad_norm, applied = self.policy.step()
         if not applied:
             self.skipped_updates += 1
-        summary = {key: statistics.fmean(v) for key, v in metrics.items() if not key.startswith(("num_", "denom"))}
-        summary.update({"grad_norm": grad_norm, "skipped_update": 0.0 if applied else 1.0, "train_tokens": tokens})
+        summary = stats.result()
+        summary.update(
+            {"grad_norm": grad_norm, "skipped_update": 0.0 if applied else 1.0, "train_tokens": tokens, "lr": lr}
+        )
         return summary
 
     def _logprobs_no_grad(self, model: PreTrainedModel | None, tensors: TrainTensors) -> list[torch.Tensor]:
@@ -277,7 +286,6 @@ class Trainer:
             "dynamic_sampling/rounds": float(stats.rounds),
             "dynamic_sampling/zero_variance_fraction": stats.groups_without_signal / max(len(stats.generated), 1),
             "groups": float(len(groups)),
-            "lr": self.policy.lr,
             "time/generation": stats.generation_seconds,
             "time/scoring": stats.scoring_seconds,
             "time/training": train_seconds,
@@ -350,6 +358,44 @@ def make_reference(model: PreTrainedModel) -> PreTrainedModel:
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
     return reference
+
+
+class _MetricAccumulator:
+    """Combines per-micro-batch loss metrics into one per mini-batch: losses are summed (each micro-batch
+    loss is already divided by the mini-batch's num_items), maxima and minima taken, and the rest
+    averaged weighted by completion tokens."""
+
+    _SUMMED = ("loss", "pg_loss", "kl_loss")
+    _SKIPPED = ("num_tokens", "num_sequences", "denominator")
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.weights: dict[str, float] = defaultdict(float)
+        self.extremes: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float], weight: float) -> None:
+        for key, value in metrics.items():
+            if key in self._SKIPPED or not math.isfinite(value):
+                continue
+            if key in self._SUMMED:
+                self.sums[key] += value
+                self.weights[key] = 1.0
+            elif key.endswith("_max"):
+                self.extremes[key] = max(self.extremes.get(key, -math.inf), value)
+            elif key.endswith("_min"):
+                self.extremes[key] = min(self.extremes.get(key, math.inf), value)
+            else:
+                self.sums[key] += value * weight
+                self.weights[key] += weight
+
+    def result(self) -> dict[str, float]:
+        out = {
+            key: self.sums[key] / self.weights[key] if key not in self._SUMMED else self.sums[key]
+            for key in self.sums
+            if self.weights[key] > 0
+        }
+        out.update(self.extremes)
+        return out
 
 
 def _stack(per_sample: list[torch.Tensor], rows: list[int], length: int) -> torch.Tensor:

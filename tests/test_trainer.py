@@ -307,3 +307,85 @@ def test_default_recipe_trains_what_the_warm_start_taught():
     config = load_train_config()  # the tiny-arithmetic recipe, what `grpopp train` runs
     assert config.model.name_or_path == "tiny"
     assert [(e.name, e.config) for e in config.envs] == [("arithmetic", TINY_ARITHMETIC_ENV)]
+
+
+def test_a_new_run_refuses_a_used_run_dir(tmp_path, model_dir):
+    config = config_for(tmp_path, model_dir, name="used")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ConfigError, match="already holds a run: resume it with --resume"):
+        train(config)
+    assert (tmp_path / "used" / "metrics.jsonl").read_text() == '{"step": 1}\n'  # nothing lost
+
+
+def fixed_tensors() -> tuple[TrainTensors, torch.Tensor]:
+    completions = [[10, 11], [30, 31, 32], [12], [13, 14, 15], [16], [17, 18], [33], [19]]
+    valid = torch.tensor([True, True, True, True, True, True, True, False])
+    tensors = TrainTensors(
+        prompts=[[20, 21, 22], [23, 24], [20, 21, 22], [23, 24], [25], [25], [26, 27], [26, 27]],
+        completions=completions,
+        sampler_logprobs=[[-1.0] * len(c) for c in completions],
+        rewards=torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, float("nan")], dtype=torch.float64),
+        valid=valid,
+        trained=valid,
+    )
+    return tensors, torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_micro_batch_size_changes_neither_the_update_nor_the_logged_loss(tmp_path, model_dir, aggregation):
+    results = []
+    for micro in (8, 3, 1):
+        config = config_for(
+            tmp_path,
+            model_dir,
+            name=f"micro-{micro}-{aggregation}",
+            batch={"prompts_per_step": 4, "micro_batch_size": micro},
+            algorithm={"preset": "grpopp", "loss": {"aggregation": aggregation, "tis": "off"}},
+            rollout={"completions_per_prompt": 2},
+        )
+        trainer = build_trainer(config, tmp_path / f"micro-{micro}-{aggregation}")
+        grads: dict[str, torch.Tensor] = {}
+        original_step = trainer.policy.step
+
+        def capture_then_step(original=original_step, grads=grads, model=trainer.policy.model):
+            grads.update({name: p.grad.detach().clone() for name, p in model.named_parameters()})
+            return original()
+
+        trainer.policy.step = capture_then_step  # the accumulated gradient, just before the optimizer uses it
+        tensors, advantages = fixed_tensors()
+        results.append((trainer.update(tensors, advantages), grads))
+    (full_log, full_grads), *others = results
+    for logged, grads in others:
+        assert logged["loss"] == pytest.approx(full_log["loss"], abs=1e-6)
+        assert logged["train_tokens"] == full_log["train_tokens"] == 13  # trained rows: 2+3+1+3+1+2+1
+        assert all(torch.allclose(grads[k], full_grads[k], rtol=1e-4, atol=1e-7) for k in grads)
+    assert any(g.abs().sum() > 0 for g in full_grads.values())
+
+
+def test_tis_with_filtered_sampling_is_refused(tmp_path, model_dir):
+    with pytest.raises(ConfigError, match="algorithm.loss.tis='token_truncate' with rollout.top_p/top_k filtering"):
+        config_for(tmp_path, model_dir, rollout={"top_p": 0.9})
+    assert config_for(tmp_path, model_dir, rollout={"top_p": 0.9}, algorithm={"preset": "dapo"}).rollout.top_p == 0.9
+
+
+def test_short_batches_still_get_the_planned_mini_batches(tmp_path, model_dir):
+    # 3 groups (dynamic sampling came back short of 4) over mini_batches=2: two optimizer steps, not three.
+    config = config_for(
+        tmp_path, model_dir, batch={"prompts_per_step": 4, "mini_batches": 2}, rollout={"completions_per_prompt": 2}
+    )
+    trainer = build_trainer(config, tmp_path / "short")
+    steps = []
+    trainer.policy.step = lambda original=trainer.policy.step: steps.append(1) or original()  # count optimizer steps
+    tensors, advantages = fixed_tensors()
+    keep = list(range(6))
+    short = TrainTensors(
+        prompts=[tensors.prompts[i] for i in keep],
+        completions=[tensors.completions[i] for i in keep],
+        sampler_logprobs=[tensors.sampler_logprobs[i] for i in keep],
+        rewards=tensors.rewards[keep],
+        valid=tensors.valid[keep],
+        trained=tensors.trained[keep],
+    )
+    trainer.update(short, advantages[keep])
+    assert len(steps) == 2
