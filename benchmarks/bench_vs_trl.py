@@ -19,7 +19,10 @@ What is compared, and how:
    every generated completion, kept or dropped).
 5. Each training run is its own subprocess (own thread pool, ``torch.set_num_threads(--threads)``);
    grpopp runs in this interpreter's environment, TRL in ``--trl-python`` (a separate venv). Timing runs
-   alternate trainers, repeat after repeat, so load from other processes hits all of them alike.
+   alternate trainers, repeat after repeat, so load from other processes hits all of them alike; each
+   first waits (up to --max-wait s) until other processes use under 0.3 cores, and records the cores
+   they used during the run (two torch threads on two cores slow down many times when anything else
+   runs). Accuracy runs do not depend on speed and may use fewer threads (--accuracy-threads).
 6. Measured: seconds per step = wall time between the ends of consecutive steps (the whole loop: data,
    generation, scoring, update, logging), median over steps 2..N (step 1 is warm-up), then median over
    --repeats runs of --timing-steps steps; completions per second = completions generated in a step /
@@ -31,7 +34,8 @@ What is compared, and how:
    short run of each (--profile-steps) for where the time goes inside.
 
     /work/main/.venv/bin/python benchmarks/bench_vs_trl.py --trl-python /tmp/trl-venv/bin/python \
-        --steps 100 --timing-steps 20 --repeats 3 --out /tmp/bench_vs_trl.json
+        --steps 100 --timing-steps 30 --repeats 5 --accuracy-seeds 3 --accuracy-threads 1 \
+        --profile-steps 10 --max-wait 60 --out /tmp/bench_vs_trl.json
 
 Set-up of the TRL venv (for this benchmark only; never a project dependency):
 
@@ -97,6 +101,8 @@ class WorkerResult:
     profile: dict[str, Any] = field(default_factory=dict)
     load_average: tuple[float, float] = (0.0, 0.0)
     """1-minute load average of the machine before and after the run (set by the orchestrator)."""
+    others_cores: float = 0.0
+    """CPU cores other processes used on average during the run (all CPU time minus this job's)."""
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
@@ -444,10 +450,40 @@ def run_trl(args: argparse.Namespace) -> WorkerResult:
 # -- orchestration ---------------------------------------------------------------------------------
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes of the machine have run since boot (/proc/stat: user to steal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children."""
+    import resource
+
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3, window: float = 3.0) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` cores over a
+    ``window``; return the cores they used in the last window."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = busy_cpu_seconds()
+        time.sleep(window)
+        others = (busy_cpu_seconds() - busy) / window
+        if others < threshold or time.monotonic() > deadline:
+            return others
+
+
 def launch(
-    args: argparse.Namespace, trainer: str, steps: int, out: Path, *, seed: int, profile: bool = False
+    args: argparse.Namespace, trainer: str, steps: int, out: Path, *, seed: int, timed: bool, profile: bool = False
 ) -> WorkerResult:
-    """Run one training job in a subprocess and read its result (with the load averages around it)."""
+    """Run one training job in a subprocess and read its result, with how busy other processes kept the
+    machine meanwhile. A ``timed`` run uses --threads and first waits (up to --max-wait s) for the machine
+    to be idle; an accuracy run uses --accuracy-threads."""
+    threads = args.threads if timed else args.accuracy_threads
     python = args.trl_python if trainer == "trl" else sys.executable
     command = [
         python,
@@ -456,16 +492,15 @@ def launch(
         "--worker-steps", str(steps),
         "--worker-out", str(out),
         "--model-dir", str(args.model_dir),
-        "--threads", str(args.threads),
+        "--threads", str(threads),
         "--seed", str(seed),
     ]  # fmt: skip
     if profile:
         command.append("--profile")
-    threads = str(args.threads)
     environment = {
         **os.environ,
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
@@ -474,7 +509,9 @@ def launch(
     }
     shutil.rmtree(out, ignore_errors=True)  # a fresh run directory every time
     out.mkdir(parents=True)
-    load_before = os.getloadavg()[0]
+    if timed and args.max_wait:
+        wait_for_quiet(args.max_wait)
+    load_before, busy_before, own_before = os.getloadavg()[0], busy_cpu_seconds(), own_cpu_seconds()
     started = time.perf_counter()
     with (out / "worker.log").open("w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO, check=False)
@@ -482,12 +519,13 @@ def launch(
         tail = (out / "worker.log").read_text()[-3000:]
         raise RuntimeError(f"{trainer} worker failed (exit {done.returncode}); log tail:\n{tail}")
     seconds, load_after = time.perf_counter() - started, os.getloadavg()[0]
+    others = max(0.0, (busy_cpu_seconds() - busy_before) - (own_cpu_seconds() - own_before)) / seconds
     data = json.loads((out / "result.json").read_text())
-    result = WorkerResult(**{**data, "load_average": (load_before, load_after)})
+    result = WorkerResult(**{**data, "load_average": (load_before, load_after), "others_cores": others})
     median = statistics.median(result.step_seconds[1:]) if result.steps > 1 else float("nan")
     print(
         f"  {LABELS[trainer]:<18} seed {seed} {steps:>3} steps: {median:.3f} s/step median, process {seconds:.0f}s, "
-        f"load average {load_before:.2f} -> {load_after:.2f}",
+        f"other processes used {others:.2f} cores",
         flush=True,
     )
     return result
@@ -555,7 +593,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
         order = trainers if repeat % 2 == 0 else trainers[::-1]  # alternate who goes first
         for trainer in order:
             out = work / f"timing-{trainer}-{repeat}"
-            timing[trainer].append(launch(args, trainer, args.timing_steps, out, seed=args.seed))
+            timing[trainer].append(launch(args, trainer, args.timing_steps, out, seed=args.seed, timed=True))
 
     seeds = [args.seed + k for k in range(args.accuracy_seeds)]
     print(f"accuracy runs ({args.steps} steps; the preset {args.steps // 2}), seeds {seeds}", flush=True)
@@ -564,7 +602,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
     for seed in seeds:
         for trainer in trainers:
             steps = args.steps // 2 if trainer == "grpopp-preset" else args.steps
-            result = launch(args, trainer, steps, work / f"accuracy-{trainer}-seed{seed}", seed=seed)
+            result = launch(args, trainer, steps, work / f"accuracy-{trainer}-seed{seed}", seed=seed, timed=False)
             if result.model_dir is None:
                 raise RuntimeError(f"{trainer} saved no model")
             accuracy_runs[trainer].append(result)
@@ -575,7 +613,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
         print(f"cProfile runs ({args.profile_steps} steps)", flush=True)
         for trainer in ("grpopp", "trl"):
             out = work / f"profile-{trainer}"
-            result = launch(args, trainer, args.profile_steps, out, seed=args.seed, profile=True)
+            result = launch(args, trainer, args.profile_steps, out, seed=args.seed, timed=True, profile=True)
             profiles[trainer] = {**result.profile, "split_per_step": result.split}
 
     rows = []
@@ -597,7 +635,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
                 "samples_per_seed": [sum(r.step_completions) for r in runs],
                 "accuracy_runs_s_per_step": [round(run_stats(r)["s_per_step"], 3) for r in runs],
                 "own_accuracy_per_seed": [r.own_accuracy for r in runs],
-                "load_average_per_repeat": [r.load_average for r in timing[trainer]],
+                "others_cores_per_repeat": [round(r.others_cores, 2) for r in timing[trainer]],
                 "versions": runs[0].versions,
             }
         )
@@ -605,6 +643,10 @@ def main_orchestrate(args: argparse.Namespace) -> None:
     goal_met = speedup >= 2.0 and rows[0]["accuracy_after"] >= rows[1]["accuracy_after"]
     print()
     print(table(rows))
+    for row in rows:
+        repeats = zip(row["per_repeat_s_per_step"], row["others_cores_per_repeat"], strict=True)
+        cells = ", ".join(f"{seconds:.3f} ({others:.2f})" for seconds, others in repeats)
+        print(f"  {row['label']:<18} s/step per repeat (cores used by other processes): {cells}")
     print(
         f"\ngrpopp (matched) / TRL completions per second: {speedup:.2f}x; held-out accuracy after "
         f"{rows[0]['samples']} samples (mean of seeds {seeds}): grpopp {rows[0]['accuracy_after']:.3f} "
@@ -630,6 +672,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
             "timing_steps": args.timing_steps,
             "repeats": args.repeats,
             "threads": args.threads,
+            "accuracy_threads": args.accuracy_threads,
+            "max_wait": args.max_wait,
             "seed": args.seed,
             "accuracy_seeds": args.accuracy_seeds,
             "grpopp_overrides": MATCHED_OVERRIDES,
@@ -671,10 +715,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=6, help="steps of the cProfile runs; 0 skips them")
     parser.add_argument("--out", default="bench_vs_trl.json", help="JSON report")
     parser.add_argument("--trl-python", default="/tmp/trl-venv/bin/python", help="interpreter of the TRL venv")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the timing and profile runs")
+    parser.add_argument(
+        "--accuracy-threads",
+        type=int,
+        default=2,
+        help="torch threads of the accuracy runs (1 keeps them usable on a machine other jobs share)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the timing runs and first accuracy run")
     parser.add_argument("--accuracy-seeds", type=int, default=1, help="accuracy runs per trainer: seed, seed+1, ...")
     parser.add_argument("--no-preset", action="store_true", help="skip the grpopp-preset row")
+    parser.add_argument(
+        "--max-wait", type=float, default=120, help="seconds to wait for an idle machine before each run; 0: none"
+    )
     parser.add_argument("--work-dir", default="/tmp/bench_vs_trl", help="run directories and worker logs")
     # internal: one training job in this process
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
