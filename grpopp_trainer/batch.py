@@ -130,10 +130,10 @@ def to_tensors(groups: Sequence[Group], filter_truncated: bool) -> TrainTensors:
     )
 
 
-def pad(rows: Sequence[Sequence[float]], length: int, device: torch.device) -> torch.Tensor:
-    """Right-pad float rows to [B, length] with zeros."""
+def pad(rows: Sequence[Sequence[float] | torch.Tensor], length: int, device: torch.device) -> torch.Tensor:
+    """Right-pad rows of per-token values (lists or 1-D tensors) to [B, length] with zeros."""
     out = torch.zeros(len(rows), length, dtype=torch.float32, device=device)
     for i, row in enumerate(rows):
-        if row:
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+        if len(row):
+            out[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32, device=device)
     return out

@@ -199,12 +199,12 @@ class Trainer:
             length = batch.completion_length
             out = policy_loss(
                 logprobs,
-                logprobs.detach() if old is None else _stack(old, micro, length),
+                logprobs.detach() if old is None else pad([old[r] for r in micro], length, logprobs.device),
                 advantages[micro].to(logprobs.device),
                 mask,
                 loss_cfg,
                 sampler_logprobs=pad([tensors.sampler_logprobs[r] for r in micro], length, logprobs.device),
-                ref_logprobs=None if reference is None else _stack(reference, micro, length),
+                ref_logprobs=None if reference is None else pad([reference[r] for r in micro], length, logprobs.device),
                 num_items=num_items,
             )
             if not torch.isfinite(out.loss):
@@ -396,13 +396,6 @@ class _MetricAccumulator:
         }
         out.update(self.extremes)
         return out
-
-
-def _stack(per_sample: list[torch.Tensor], rows: list[int], length: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), length, device=per_sample[rows[0]].device)
-    for i, r in enumerate(rows):
-        out[i, : per_sample[r].numel()] = per_sample[r]
-    return out
 
 
 def _mean(values: list[float] | list[int]) -> float:
