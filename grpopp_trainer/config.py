@@ -25,7 +25,7 @@ from envs.mixture import EnvSpec, parse_env_arg
 from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig
 from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
 from grpopp_trainer.losses import LossConfig
-from grpopp_trainer.rollout.base import SamplingParams
+from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 RECIPES = ("tiny-arithmetic",)
@@ -79,6 +79,9 @@ class RolloutConfig(BaseModel):
 
     batch_size: int = Field(64, ge=1)
     """Sequences generated at once by the hf engine."""
+
+    vllm: VLLMSettings = VLLMSettings()
+    """Settings of the colocated vLLM engine (only read when engine is "vllm")."""
 
     def sampling_params(self, seed: int | None) -> SamplingParams:
         return SamplingParams(

@@ -52,14 +52,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The policy model and its tokenizer: from ``path`` (a checkpoint), the built-in tiny model, or a
-    local folder or hub id."""
-    source = path or config.name_or_path
-    if source == "tiny":
+def model_source(config: ModelConfig, path: str | None = None) -> str:
+    """Where the model is read from: ``path`` (a checkpoint), the built-in tiny model's cache folder
+    (built and warm-started on first use), or ``config.name_or_path`` (a local folder or hub id)."""
+    if path:
+        return path
+    if config.name_or_path == "tiny":
         from grpopp_trainer.tiny import load_or_create_tiny_model
 
-        source = str(load_or_create_tiny_model())
+        return str(load_or_create_tiny_model())
+    return config.name_or_path
+
+
+def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The policy model and its tokenizer, from ``model_source(config, path)``."""
+    source = model_source(config, path)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
@@ -79,9 +86,14 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def make_engine(config: TrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+def make_engine(
+    config: TrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str
+) -> RolloutEngine:
+    """The rollout engine of ``config.rollout.engine`` over the policy ``model`` (read from ``source``)."""
     if config.rollout.engine == "vllm":
-        raise ConfigError("rollout.engine='vllm' is not available in this release yet; use rollout.engine=hf")
+        from grpopp_trainer.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, source, config.rollout.vllm, dtype=config.model.dtype, seed=config.seed)
     from grpopp_trainer.rollout.hf import HFEngine
 
     # Chat models may end a turn with another token than the tokenizer's EOS (e.g. <|eot_id|>): stop on all.
@@ -127,7 +139,8 @@ def train(
     device = resolve_device(config.device)
     _print_summary(console, config, run_dir, device, checkpoint)
 
-    model, tokenizer = load_model(config.model, str(checkpoint) if checkpoint else None)
+    source = model_source(config.model, str(checkpoint) if checkpoint else None)
+    model, tokenizer = load_model(config.model, source)
     reference = None
     if config.algorithm.loss.kl_coef > 0:
         initial, _ = load_model(config.model) if checkpoint else (model, tokenizer)
@@ -135,7 +148,7 @@ def train(
         torch.nn.Module.to(reference, device)
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
     policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device)
-    trainer = Trainer(config, policy, make_engine(config, policy.model, tokenizer), run_dir, reference)
+    trainer = Trainer(config, policy, make_engine(config, policy.model, tokenizer, source), run_dir, reference)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         console.print(f"resumed from {checkpoint} at step {trainer.step}")

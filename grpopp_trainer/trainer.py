@@ -13,6 +13,7 @@ One training step, as numbered in ``Trainer.train_step``:
 8. mu epochs over mini-batches of whole groups; micro-batches accumulate gradients with the
    mini-batch's ``num_items`` normaliser, so the gradient equals a single pass over the mini-batch.
 9. Optimizer step with gradient clipping; a non-finite loss or gradient skips the step (counted).
+   The rollout engine then takes the new weights (vLLM; the hf engine samples from the policy itself).
 10. Metrics; periodic evaluation and checkpoints.
 
 A reference model is built only when ``kl_coef > 0``. On-policy updates (one mini-batch, one epoch)
@@ -159,6 +160,7 @@ class Trainer:
                 self.policy.set_schedule_position((self.step * slots_per_step) + epoch * cfg.batch.mini_batches + chunk)
                 for key, value in self._update_mini_batch(tensors, advantages, rows, old, reference).items():
                     collected[key].append(value)
+        self.engine.sync_weights()  # 9b. the sampler follows the new weights (nothing to do for hf)
         summary = {key: statistics.fmean(values) for key, values in collected.items() if values}
         if "train_tokens" in collected:
             summary["train_tokens"] = float(sum(collected["train_tokens"]))

@@ -11,11 +11,14 @@ the gap between the sampler and the learner.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.base import Message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Prompt: TypeAlias = "str | list[Message]"
 FinishReason: TypeAlias = Literal["stop", "length"]
@@ -43,6 +46,29 @@ class SamplingParams(BaseModel):
 
     seed: int | None = None
     """Seed of the sampler for this call; None leaves the engine's generator as it is."""
+
+
+class VLLMSettings(BaseModel):
+    """How the colocated vLLM engine is set up (``rollout.vllm``); used only with ``rollout.engine=vllm``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    """Fraction of GPU memory vLLM may take (weights + KV cache); the rest is the trainer's. TRL's
+    colocate default is 0.3 as well."""
+
+    sleep_level: int = Field(2, ge=0, le=2)
+    """0: stay awake. 1: weights to host memory and KV cache freed while training. 2: weights and KV
+    cache freed (weights are reloaded from the trainer at the next sync anyway)."""
+
+    max_model_len: int | None = Field(None, ge=16)
+    """Longest prompt + completion vLLM plans for; None: the model's own limit."""
+
+    enforce_eager: bool = False
+    """Disable CUDA graphs (slower decoding, faster start-up, less memory)."""
+
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of shared prompt prefixes: the G completions of a group share their prompt."""
 
 
 @dataclass(frozen=True)
@@ -75,3 +101,27 @@ class RolloutEngine(Protocol):
     def sync_weights(self) -> None:
         """Make the engine sample from the trainer's current weights (after an optimizer step)."""
         ...
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt: plain text as the tokenizer encodes it, messages via the chat template.
+
+    Every engine encodes prompts here, so the learner sees the very ids the sampler conditioned on.
+    """
+    if isinstance(prompt, str):
+        ids = list(tokenizer.encode(prompt))
+    else:
+        if tokenizer.chat_template is None:
+            raise ValueError(
+                "the prompt is a list of chat messages but the tokenizer has no chat template; "
+                "give plain-text prompts (e.g. set the environment's system_prompt to None) or "
+                "use a tokenizer with a chat template (tokenizer.chat_template = '...')"
+            )
+        messages = [{"role": message.role, "content": message.content} for message in prompt]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not isinstance(text, str):
+            raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not str")
+        ids = list(tokenizer.encode(text, add_special_tokens=False))  # the template holds BOS
+    if not ids:
+        raise ValueError(f"prompt {prompt!r} tokenises to no tokens; there is nothing to condition on")
+    return ids

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp_trainer.rollout.base import Completion, Prompt, SamplingParams
+from grpopp_trainer.rollout.base import Completion, Prompt, SamplingParams, encode_prompt
 
 STOP_WINDOW_SLACK = 8
 """Extra tokens decoded before a stop string's worst-case span (4 byte tokens per character)."""
@@ -152,24 +152,8 @@ class HFEngine:
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: plain text as the tokenizer encodes it, messages via the chat template."""
-        if isinstance(prompt, str):
-            ids = list(self.tokenizer.encode(prompt))
-        else:
-            if self.tokenizer.chat_template is None:
-                raise ValueError(
-                    "the prompt is a list of chat messages but the tokenizer has no chat template; "
-                    "give plain-text prompts (e.g. set the environment's system_prompt to None) or "
-                    "use a tokenizer with a chat template (tokenizer.chat_template = '...')"
-                )
-            messages = [{"role": message.role, "content": message.content} for message in prompt]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            if not isinstance(text, str):
-                raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not str")
-            ids = list(self.tokenizer.encode(text, add_special_tokens=False))  # the template holds BOS
-        if not ids:
-            raise ValueError(f"prompt {prompt!r} tokenises to no tokens; there is nothing to condition on")
-        return ids
+        """Token ids of a prompt (see ``rollout.base.encode_prompt``)."""
+        return encode_prompt(self.tokenizer, prompt)
 
     def _forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: object

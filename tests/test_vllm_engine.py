@@ -1,0 +1,366 @@
+"""The ``vllm`` rollout engine: the adapter without a GPU, and real vLLM where a GPU is present.
+
+Without a GPU, vLLM itself is replaced by ``FakeLLM``, which isolates the adapter: its "model" is
+a second copy of the tiny Llama that ``load_weights`` fills by Hugging Face name, and its
+``generate`` decodes greedily with that copy (through the ``hf`` engine) and answers in vLLM's
+output format. So a test can check that weights reach the sampler by comparing its outputs with
+the policy's own greedy decoding, and the order of sleep, wake-up, loading and cache resets is read
+off the recorded calls. The GPU tests run real vLLM against the learner's log-probs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from grpopp_trainer.config import OptimConfig
+from grpopp_trainer.policy import Policy, completion_logprobs
+from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
+from grpopp_trainer.rollout.hf import HFEngine
+from grpopp_trainer.rollout.vllm_engine import VLLMEngine, policy_weights, sampling_kwargs, to_completion
+from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
+
+PROMPTS = ["12+7=", "3*4=", "hello"]
+
+
+class FakeVLLMModel:
+    """vLLM's copy of the model: ``load_weights`` copies tensors in by Hugging Face name."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.loaded: list[str] = []
+
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        state = self.model.state_dict()
+        for name, tensor in weights:
+            state[name].copy_(tensor)  # KeyError on a name vLLM would not know
+            self.loaded.append(name)
+
+
+class FakeLLM:
+    """Stands in for ``vllm.LLM``: records calls, decodes greedily with its own model copy."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        self.inner = FakeVLLMModel(copy.deepcopy(model))
+        self.engine = HFEngine(self.inner.model, tokenizer)
+        self.calls: list[Any] = []
+        self.requests: list[tuple[list[int], dict[str, Any]]] = []
+
+    def apply_model(self, func: Any) -> list[Any]:
+        self.calls.append("load")
+        return [func(self.inner)]
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        self.calls.append(("wake_up", tuple(tags or ())))
+        return True
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(("sleep", level))
+
+    def reset_prefix_cache(self) -> bool:
+        self.calls.append("reset")
+        return True
+
+    def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]:
+        self.calls.append("generate")
+        outputs = []
+        for request, kwargs in zip(prompts, sampling_params, strict=True):
+            ids = request["prompt_token_ids"]
+            self.requests.append((ids, kwargs))
+            params = SamplingParams(max_new_tokens=kwargs["max_tokens"], temperature=0.0)
+            (completions,) = self.engine.generate([self.engine.tokenizer.decode(ids)], params, n=kwargs["n"])
+            outputs.append(SimpleNamespace(outputs=[vllm_output(c) for c in completions]))
+        return outputs
+
+
+def vllm_output(completion: Any, finish_reason: str | None = None) -> SimpleNamespace:
+    """A ``Completion`` in vLLM's ``CompletionOutput`` shape: logprobs as [{token id: Logprob}]."""
+    positions = [
+        {token: SimpleNamespace(logprob=lp, rank=1), token + 1: SimpleNamespace(logprob=-9.0, rank=2)}
+        for token, lp in zip(completion.token_ids, completion.logprobs, strict=True)
+    ]
+    return SimpleNamespace(
+        token_ids=tuple(completion.token_ids),
+        text=completion.text,
+        logprobs=positions,
+        finish_reason=finish_reason or completion.finish_reason,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture
+def model(tokenizer):
+    return build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+
+
+def make_engine(model, tokenizer, sleep_level: int = 2) -> tuple[VLLMEngine, FakeLLM]:
+    llm = FakeLLM(model, tokenizer)
+    engine = VLLMEngine(
+        model,
+        tokenizer,
+        "unused",
+        VLLMSettings(sleep_level=sleep_level),
+        llm=llm,
+        make_sampling_params=lambda **kwargs: kwargs,
+    )
+    return engine, llm
+
+
+def perturb(model: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+GREEDY = SamplingParams(max_new_tokens=6, temperature=0.0)
+
+
+def tokens(groups: list[list[Any]]) -> list[list[tuple[list[int], str, str]]]:
+    """The decoded part of completions; log-probs differ in the last bits between batch shapes."""
+    return [[(c.token_ids, c.text, c.finish_reason) for c in group] for group in groups]
+
+
+# ----------------------------------------------------------------------------- pure adapter pieces
+
+
+def test_sampling_kwargs_map_every_field_and_never_reuse_a_seed():
+    params = SamplingParams(max_new_tokens=17, temperature=0.7, top_p=0.9, top_k=0, stop=("\n", "##"), seed=100)
+    kwargs = [sampling_kwargs(params, n=4, prompt_index=i) for i in range(3)]
+    assert kwargs[1] == {
+        "n": 4,
+        "max_tokens": 17,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": -1,  # 0 (ours: disabled) is -1 in vLLM
+        "stop": ["\n", "##"],
+        "include_stop_str_in_output": True,
+        "logprobs": 0,
+        "skip_special_tokens": True,
+        "seed": 104,  # 100 + 1 * 4
+    }
+    # vLLM seeds sample j of a request with seed + j: 100..103, 104..107, 108..111, all distinct.
+    seeds = [k["seed"] + j for k in kwargs for j in range(4)]
+    assert seeds == list(range(100, 112))
+    assert sampling_kwargs(params.model_copy(update={"top_k": 5, "seed": None}), 2, 0)["top_k"] == 5
+    assert sampling_kwargs(params.model_copy(update={"seed": None}), 2, 1)["seed"] is None
+
+
+def test_to_completion_takes_the_sampled_tokens_logprob():
+    output = SimpleNamespace(
+        token_ids=[7, 9, 1],
+        text="ab",
+        logprobs=[
+            {7: SimpleNamespace(logprob=-0.5), 3: SimpleNamespace(logprob=-2.0)},
+            {9: SimpleNamespace(logprob=-1.25)},
+            {4: SimpleNamespace(logprob=-0.1), 1: SimpleNamespace(logprob=-3.0)},  # sampled token not top-1
+        ],
+        finish_reason="stop",
+    )
+    completion = to_completion([5, 6], output)
+    assert completion.token_ids == [7, 9, 1] and completion.prompt_ids == [5, 6]
+    assert completion.logprobs == [-0.5, -1.25, -3.0]
+    assert (completion.text, completion.finish_reason) == ("ab", "stop")
+    plain = SimpleNamespace(token_ids=[2], text="x", logprobs=[{2: -0.75}], finish_reason="length")
+    assert to_completion([1], plain).logprobs == [-0.75]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"finish_reason": "abort"}, "reason 'abort'"),
+        ({"finish_reason": None}, "reason None"),
+        ({"logprobs": None}, "no log-probs for 1 tokens"),
+        ({"logprobs": [{2: -1.0}, {3: -1.0}]}, "2 log-probs for 1 tokens"),
+    ],
+)
+def test_to_completion_refuses_incomplete_records(change, message):
+    output = SimpleNamespace(
+        **({"token_ids": [2], "text": "x", "logprobs": [{2: -1.0}], "finish_reason": "stop"} | change)
+    )
+    with pytest.raises(RuntimeError, match=message):
+        to_completion([1], output)
+
+
+def test_policy_weights_are_the_parameters_under_their_hf_names(model):
+    pairs = dict(policy_weights(model))
+    state = model.state_dict()
+    # Tied embeddings: lm_head.weight is model.embed_tokens.weight and is sent once.
+    assert model.config.tie_word_embeddings
+    assert set(state) - set(pairs) == {"lm_head.weight"}
+    assert set(pairs) <= set(state)
+    parameters = dict(model.named_parameters())
+    for name, tensor in pairs.items():
+        assert tensor.data_ptr() == state[name].data_ptr()  # no copy of the weights
+        assert not tensor.requires_grad
+        assert name in parameters or name in dict(model.named_buffers())
+
+
+# ----------------------------------------------------------------------------- engine with a fake vLLM
+
+
+def test_synced_weights_reach_the_sampler(model, tokenizer):
+    engine, llm = make_engine(model, tokenizer, sleep_level=0)
+    direct = HFEngine(model, tokenizer)
+    first = engine.generate(PROMPTS, GREEDY)
+    assert tokens(first) == tokens(direct.generate(PROMPTS, GREEDY))
+    perturb(model, seed=1)  # an optimizer step the engine has not seen yet
+    stale = engine.generate(PROMPTS, GREEDY)
+    assert tokens(stale) != tokens(direct.generate(PROMPTS, GREEDY))  # the comparison can fail
+    engine.sync_weights()
+    synced, expected = engine.generate(PROMPTS, GREEDY), direct.generate(PROMPTS, GREEDY)
+    assert tokens(synced) == tokens(expected)
+    for got, want in zip(synced, expected, strict=True):
+        torch.testing.assert_close(torch.tensor(got[0].logprobs), torch.tensor(want[0].logprobs), rtol=0, atol=1e-5)
+    assert llm.inner.loaded.count("model.embed_tokens.weight") == 2
+
+
+def test_generate_groups_n_completions_per_prompt_with_encoded_prompts(model, tokenizer):
+    engine, llm = make_engine(model, tokenizer, sleep_level=0)
+    result = engine.generate(PROMPTS, GREEDY.model_copy(update={"seed": 5}), n=3)
+    assert [len(group) for group in result] == [3, 3, 3]
+    for prompt, group in zip(PROMPTS, result, strict=True):
+        assert all(c.prompt_ids == tokenizer.encode(prompt) for c in group)
+    assert [ids for ids, _ in llm.requests] == [tokenizer.encode(p) for p in PROMPTS]
+    assert [kwargs["seed"] for _, kwargs in llm.requests] == [5, 8, 11]
+    assert engine.generate([], GREEDY) == []
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        engine.generate(PROMPTS, GREEDY, n=0)
+
+
+def test_sleep_level_2_reloads_the_weights_before_every_generation(model, tokenizer):
+    engine, llm = make_engine(model, tokenizer, sleep_level=2)
+    assert llm.calls == ["load", "reset"]  # built awake: weights loaded, stale prefixes dropped
+    llm.calls.clear()
+    engine.generate(PROMPTS, GREEDY)
+    assert llm.calls == ["generate", ("sleep", 2)]
+    llm.calls.clear()
+    engine.sync_weights()  # after an optimizer step: weights back, the KV cache stays freed
+    assert llm.calls == [("wake_up", ("weights",)), "load"]
+    llm.calls.clear()
+    engine.generate(PROMPTS, GREEDY)
+    assert llm.calls == [("wake_up", ("kv_cache",)), "reset", "generate", ("sleep", 2)]
+    llm.calls.clear()
+    engine.generate(PROMPTS, GREEDY)  # no sync in between (a skipped step): level 2 dropped the weights
+    expected = [("wake_up", ("weights",)), "load", ("wake_up", ("kv_cache",)), "reset", "generate", ("sleep", 2)]
+    assert llm.calls == expected
+
+
+def test_sleep_level_1_keeps_the_weights_in_host_memory(model, tokenizer):
+    engine, llm = make_engine(model, tokenizer, sleep_level=1)
+    engine.generate(PROMPTS, GREEDY)
+    llm.calls.clear()
+    engine.generate(PROMPTS, GREEDY)
+    assert llm.calls == [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), "reset", "generate", ("sleep", 1)]
+
+
+def test_without_sleep_each_sync_drops_the_prefix_cache(model, tokenizer):
+    engine, llm = make_engine(model, tokenizer, sleep_level=0)
+    engine.generate(PROMPTS, GREEDY)
+    engine.sync_weights()
+    engine.generate(PROMPTS, GREEDY)
+    assert llm.calls == ["load", "reset", "generate", "load", "reset", "generate"]
+
+
+def test_trainer_syncs_the_engine_after_each_update(model, tokenizer, tmp_path):
+    from envs.registry import load_plugin, registered_envs
+    from grpopp_trainer.config import load_train_config
+    from grpopp_trainer.trainer import Trainer
+
+    if "coin" not in registered_envs():
+        load_plugin(str(Path(__file__).parent / "plugins" / "coin_env.py"))
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        json.dumps(
+            {
+                "envs": [{"name": "coin"}],
+                "rollout": {"completions_per_prompt": 4, "max_new_tokens": 3},
+                "batch": {"prompts_per_step": 4, "micro_batch_size": 8},
+                "algorithm": {"preset": "grpopp", "dynamic_sampling": {"enabled": False}},
+                "optim": {"lr": 1e-2},
+                "logging": {"progress": False},
+            }
+        )
+    )
+    config = load_train_config(config_file)
+    policy = Policy(model, tokenizer, config.optim, config.steps, torch.device("cpu"))
+    engine, llm = make_engine(policy.model, tokenizer, sleep_level=2)
+    trainer = Trainer(config, policy, engine, tmp_path)
+    for _ in range(2):
+        trainer.train_step()
+        trainer.step += 1
+    assert llm.calls.count("load") == 1 + 2  # at start-up, then after each step's update
+    assert llm.calls[-2:] == [("wake_up", ("weights",)), "load"]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(llm.inner.model.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    trainer.log.close()
+
+
+def test_vllm_is_imported_only_by_the_engine():
+    script = (
+        "import sys\n"
+        "import cli.main, grpopp_trainer.run, grpopp_trainer.trainer, grpopp_trainer.config\n"
+        "import grpopp_trainer.rollout.hf, grpopp_trainer.rollout.vllm_engine\n"
+        "print('vllm' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without a GPU")
+def test_real_engine_refuses_a_machine_without_gpu(model, tokenizer):
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU; use rollout.engine=hf"):
+        VLLMEngine(model, tokenizer, "unused", VLLMSettings())
+
+
+# ----------------------------------------------------------------------------- real vLLM (GPU)
+
+
+def _vllm_missing() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "the vllm extra is not installed (pip install -e '.[vllm]')"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_vllm_missing() is not None, reason=str(_vllm_missing()))
+def test_real_vllm_samples_with_the_learners_logprobs_and_follows_synced_weights(tokenizer, tmp_path):
+    """vLLM's processed log-probs against the learner's on the same completions (float32, so the gap
+    is numerical only), and greedy decoding that follows the weights after a sync."""
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = model.cuda()
+    settings = VLLMSettings(gpu_memory_utilization=0.2, sleep_level=1, max_model_len=128, enforce_eager=True)
+    engine = VLLMEngine(model, tokenizer, str(tmp_path), settings, dtype="float32", seed=0)
+    params = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=1.0, seed=3)
+    groups = engine.generate(PROMPTS, params, n=4)
+    completions = [c for group in groups for c in group]
+    policy = Policy(model, tokenizer, OptimConfig(), 1, torch.device("cuda"))
+    batch = policy.token_batch([c.prompt_ids for c in completions], [c.token_ids for c in completions])
+    learner, _ = completion_logprobs(model, batch, params.temperature)
+    for row, completion in enumerate(completions):
+        gap = (learner[row, : len(completion.logprobs)].cpu() - torch.tensor(completion.logprobs)).abs().max()
+        assert float(gap) < 1e-3
+    perturb(model, seed=2)
+    engine.sync_weights()
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    assert tokens(engine.generate(PROMPTS, greedy)) == tokens(HFEngine(model, tokenizer).generate(PROMPTS, greedy))
