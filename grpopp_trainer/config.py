@@ -112,6 +112,11 @@ class BatchConfig(BaseModel):
     micro_batch_size: int = Field(16, ge=1)
     """Completions per forward/backward pass; gradients accumulate over a mini-batch."""
 
+    share_prompts: bool = True
+    """Run each distinct prompt of a micro-batch through the learner once and let its completions
+    attend to that prompt's keys and values (exact up to rounding; saves (G-1)/G of the prompt's
+    compute). Micro-batches of whole groups share the most. Off under gradient checkpointing."""
+
 
 class OptimConfig(BaseModel):
     """AdamW and the learning-rate schedule."""

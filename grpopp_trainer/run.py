@@ -74,7 +74,8 @@ def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrained
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it activation checkpointing; older releases only have the old name.
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     _disable_dropout(model)
     return model, tokenizer
 

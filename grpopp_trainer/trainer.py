@@ -195,7 +195,11 @@ class Trainer:
                 [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
             )
             logprobs, entropy = completion_logprobs(
-                self.policy.model, batch, cfg.rollout.temperature, with_entropy=True
+                self.policy.model,
+                batch,
+                cfg.rollout.temperature,
+                with_entropy=True,
+                share_prompts=cfg.batch.share_prompts,
             )
             mask = batch.completion_mask  # [b, T]; every row here is trained
             length = batch.completion_length
@@ -238,7 +242,9 @@ class Trainer:
                 batch = self.policy.token_batch(
                     [tensors.prompts[r] for r in rows], [tensors.completions[r] for r in rows]
                 )
-                logprobs, _ = completion_logprobs(model, batch, self.config.rollout.temperature)
+                logprobs, _ = completion_logprobs(
+                    model, batch, self.config.rollout.temperature, share_prompts=self.config.batch.share_prompts
+                )
                 out.extend(logprobs[i, : len(tensors.completions[r])].detach() for i, r in enumerate(rows))
         return out
 

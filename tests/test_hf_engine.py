@@ -370,3 +370,17 @@ def test_mode_is_eval_during_generation_and_restored_after(model, tokenizer, tra
         hook.remove()
         model.eval()
     assert seen and not any(seen)
+
+
+def test_prefill_runs_each_distinct_prompt_once(model, tokenizer):
+    """The n copies of a prompt share one prefill row; decoding then runs all rows (shapes of the
+    input_ids the model embeds: prefill [U, P], then [B, 1] per step)."""
+    shapes: list[tuple[int, ...]] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda _m, a, _o: shapes.append(tuple(a[0].shape)))
+    try:
+        HFEngine(model, tokenizer, batch_size=8).generate(PROMPTS, SamplingParams(max_new_tokens=2, seed=0), n=3)
+    finally:
+        hook.remove()
+    lengths = [len(tokenizer.encode(p)) for p in PROMPTS]
+    # 12 rows in chunks of 8 (prompts 0, 1, 2 -> 3 distinct) and 4 (prompts 2, 3 -> 2 distinct).
+    assert shapes == [(3, max(lengths[:3])), (8, 1), (2, max(lengths[2:])), (4, 1)]

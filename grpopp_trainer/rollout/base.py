@@ -10,6 +10,7 @@ the gap between the sampler and the learner.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
@@ -125,3 +126,22 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
     if not ids:
         raise ValueError(f"prompt {prompt!r} tokenises to no tokens; there is nothing to condition on")
     return ids
+
+
+def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """(first, index) for token-id rows: ``first[u]`` is the first row holding distinct row u, and
+    ``index[b]`` the distinct row that row b equals, so ``rows[b] == rows[first[index[b]]]``.
+
+    The G completions of a group share their prompt; the engines and the learner run each distinct
+    prompt once and copy its keys and values to the rows that continue it.
+    """
+    seen: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    index: list[int] = []
+    for b, row in enumerate(rows):
+        key = tuple(row)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(b)
+        index.append(seen[key])
+    return first, index

@@ -7,7 +7,9 @@ of ``model.generate`` so that the record of each token is exactly what the loss 
 1. Prompts are left-padded, ``n`` copies per prompt, in chunks of at most ``batch_size`` rows.
    Position ids come from the attention mask (cumsum - 1), so a padded row sees the same positions
    as the prompt alone.
-2. One prefill forward pass fills the KV cache; then one token per step, fed back with the cache.
+2. One prefill forward pass over the distinct prompts of a chunk fills the KV cache, which is then
+   copied to the ``n`` rows of each prompt (``Cache.reorder_cache``); then one token per step, fed
+   back with the cache.
 3. Each token is drawn from softmax(filter(logits / temperature)) with top-k, then top-p applied
    (the order of transformers and vLLM); its log-prob under that same distribution is recorded for
    truncated importance sampling. Temperature 0 is greedy: argmax of the raw logits, recorded with
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp_trainer.rollout.base import Completion, Prompt, SamplingParams, encode_prompt
+from grpopp_trainer.rollout.base import Completion, Prompt, SamplingParams, distinct_rows, encode_prompt
 
 STOP_WINDOW_SLACK = 8
 """Extra tokens decoded before a stop string's worst-case span (4 byte tokens per character)."""
@@ -173,7 +175,15 @@ class HFEngine:
         """Decode one chunk of left-padded rows, one token per step, until all finish or max_new_tokens."""
         input_ids, attention_mask = left_pad(rows, self.pad_token_id, self.device)  # [B, P]
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # [B, P]
-        logits, cache = self._forward(input_ids, attention_mask, position_ids, None)  # [B, V]
+        first, index = distinct_rows(rows)
+        if len(first) < len(rows):  # the n copies of a prompt: prefill each once, copy its cache
+            first_t = torch.tensor(first, device=self.device)  # [U]
+            index_t = torch.tensor(index, device=self.device)  # [B]
+            logits, cache = self._forward(input_ids[first_t], attention_mask[first_t], position_ids[first_t], None)
+            cache.reorder_cache(index_t)  # type: ignore[attr-defined]  # [U, H, P, D] -> [B, H, P, D]
+            logits = logits[index_t]  # [B, V]
+        else:
+            logits, cache = self._forward(input_ids, attention_mask, position_ids, None)  # [B, V]
         num_rows, max_new = len(rows), params.max_new_tokens
         tokens = torch.full((num_rows, max_new), self.pad_token_id, dtype=torch.long, device=self.device)  # [B, T]
         logprobs = torch.zeros((num_rows, max_new), dtype=torch.float32, device=self.device)  # [B, T]
