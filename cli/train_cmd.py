@@ -50,8 +50,8 @@ def train_command(
     shortcuts += [f"logging.run_dir={run_dir}"] * bool(run_dir)
     try:
         resolved = None if resume is not None else load_train_config(config, env, [*shortcuts, *(set_ or [])])
-        if resolved is not None:
-            build_mixture(resolved.envs, seed=resolved.seed)  # every environment's options validated now
+        # Every environment's options are checked now, before a model is loaded; the trainer uses it.
+        mixture = build_mixture(resolved.envs, seed=resolved.seed) if resolved is not None else None
     except (ConfigError, RegistryError) as error:
         raise fail(str(error)) from None
     if dry_run:
@@ -62,7 +62,7 @@ def train_command(
     from grpopp_trainer.run import train
 
     try:
-        train(resolved, resume=resume, console=console)
+        train(resolved, resume=resume, console=console, mixture=mixture)
     except ConfigError as error:
         raise fail(str(error)) from None
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from envs.mixture import Mixture
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.config import ModelConfig, TrainConfig
 from grpopp_trainer.config_tools import ConfigError, validate_config
@@ -115,9 +116,12 @@ def train(
     resume: Path | None = None,
     console: Console | None = None,
     stop_after: int | None = None,
+    mixture: Mixture | None = None,
 ) -> TrainSummary:
     """Run a training job, or resume the one in ``resume`` (its saved config is used; ``config`` must
-    be None then). ``stop_after`` ends it after that many steps, as a kill would (tests)."""
+    be None then). ``stop_after`` ends it after that many steps, as a kill would (tests). ``mixture``:
+    the environments of ``config.envs`` if the caller built them already (the CLI does, to check
+    them before anything is loaded)."""
     console = console or Console()
     started = time.perf_counter()
     if resume is not None:
@@ -149,7 +153,8 @@ def train(
         torch.nn.Module.to(reference, device)
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
     policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device)
-    trainer = Trainer(config, policy, make_engine(config, policy.model, tokenizer, source), run_dir, reference)
+    engine = make_engine(config, policy.model, tokenizer, source)
+    trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         console.print(f"resumed from {checkpoint} at step {trainer.step}")

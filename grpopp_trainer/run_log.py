@@ -1,6 +1,17 @@
 """A run's records: metrics.jsonl (one line per step), samples.jsonl, eval.jsonl, and optional
 TensorBoard and Weights & Biases writers. Only numbers go to the writers; every line of the JSONL
-files is self-contained, so a run killed at any point leaves readable files."""
+files is self-contained, so a run killed at any point leaves readable files.
+
+On resume the JSONL files are cut back to the checkpoint's step (``truncate_log``). The writers are
+opened at the first step logged, which is then known:
+
+- TensorBoard gets ``purge_step`` = that step, so events the killed run wrote from there on are
+  dropped when the logs are read (``SummaryWriter``'s documented use for restarts).
+- W&B continues the same run: its id is kept in ``wandb_run_id`` in the run directory and passed
+  back with ``resume="allow"``. W&B ignores steps at or below the last one it has; for the same seed
+  those values are the ones the resumed run computes again (its metrics repeat the uninterrupted
+  run's, timings aside).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +22,48 @@ from typing import Any
 
 from grpopp_trainer.config import LoggingConfig
 
+WANDB_ID_FILE = "wandb_run_id"
+
 
 class RunLog:
     def __init__(self, run_dir: Path, config: LoggingConfig, run_config: dict[str, Any]) -> None:
         self.run_dir = run_dir
+        self.config = config
+        self.run_config = run_config
         self._tensorboard: Any = None
         self._wandb: Any = None
-        if config.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self._writers_open = False
 
-            self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        if config.wandb:
-            import wandb
-
-            self._wandb = wandb.init(project=config.wandb_project, dir=str(run_dir), config=run_config)
+    def _open_writers(self, first_step: int) -> None:
+        """Open the optional writers once the first step to log is known (see the module docstring)."""
+        self._writers_open = True
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ImportError(
+                    "logging.tensorboard=true needs the tensorboard package: pip install tensorboard"
+                ) from exc
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=first_step)
+        if self.config.wandb:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise ImportError("logging.wandb=true needs the wandb package: pip install wandb") from exc
+            id_file = self.run_dir / WANDB_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+            id_file.write_text(run_id + "\n")
+            self._wandb = wandb.init(
+                project=self.config.wandb_project,
+                dir=str(self.run_dir),
+                config=self.run_config,
+                id=run_id,
+                resume="allow",
+            )
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        if not self._writers_open:
+            self._open_writers(step)
         self._append("metrics.jsonl", {"step": step, **{k: _clean(v) for k, v in values.items()}})
         for key, value in values.items():
             if self._tensorboard is not None and math.isfinite(value):

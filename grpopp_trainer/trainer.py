@@ -66,13 +66,15 @@ class Trainer:
         engine: RolloutEngine,
         run_dir: Path,
         reference: PreTrainedModel | None = None,
+        mixture: Mixture | None = None,
     ) -> None:
+        """``mixture``: the environments of ``config.envs``, when the caller has built them already."""
         self.config = config
         self.policy = policy
         self.engine = engine
         self.run_dir = run_dir
         self.reference = reference
-        self.mixture: Mixture = build_mixture(config.envs, seed=config.seed)
+        self.mixture: Mixture = mixture if mixture is not None else build_mixture(config.envs, seed=config.seed)
         self.envs: dict[str, Environment[Any]] = {env.name: env for env in self.mixture.envs}
         self.limits: LengthLimits = config.algorithm.length_limits(config.rollout.max_new_tokens)
         self.step = 0
