@@ -12,8 +12,9 @@ What is compared, and how:
    tasks 0..399 with grpopp's ``HFEngine`` (max 8 new tokens) and ``env.verify``.
 4. Same hyper-parameters: 32 prompts x G=8 per step, one optimizer step per 256 completions, max 8 new
    tokens, temperature 1, AdamW lr 1e-4 constant, betas (0.9, 0.99), no weight decay, grad clip 1.0,
-   fp32, no KL, clip 0.2/0.28, token-level loss (TRL ``loss_type="dapo"``), unscaled advantages
-   (TRL ``scale_rewards="none"``), mu=1. grpopp runs the tiny-arithmetic recipe with dynamic sampling,
+   fp32, the recipe's attention kernel (eager) in both models, no KL, clip 0.2/0.28, token-level loss
+   (TRL ``loss_type="dapo"``), unscaled advantages (TRL ``scale_rewards="none"``), mu=1.
+   grpopp runs the tiny-arithmetic recipe with dynamic sampling,
    TIS, dual clip and the soft overlong punishment switched off (``MATCHED_OVERRIDES``); the row
    "grpopp (preset)" runs the recipe as shipped (dynamic sampling on: its completions per second count
    every generated completion, kept or dropped).
@@ -132,6 +133,13 @@ def held_out_accuracy(model_dir: str | Path) -> float:
     completions = engine.generate([t.prompt for t in tasks], params, n=1)
     correct = sum(env.verify(t, c[0].text).status == "correct" for t, c in zip(tasks, completions, strict=True))
     return correct / len(tasks)
+
+
+def recipe_attention() -> str:
+    """The attention kernel of grpopp's recipe, which TRL's model gets too (one kernel for both)."""
+    from grpopp_trainer.config import load_train_config
+
+    return load_train_config().model.attn_implementation or "sdpa"
 
 
 def versions(*names: str) -> dict[str, str]:
@@ -377,7 +385,9 @@ def run_trl(args: argparse.Namespace) -> WorkerResult:
             rewards.append(1.0 if env.verify(task, completion).status == "correct" else 0.0)
         return rewards
 
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model_dir, dtype=torch.float32, attn_implementation=recipe_attention()
+    )
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     trainer = GRPOTrainer(
         model=model,

@@ -50,6 +50,10 @@ class ModelConfig(BaseModel):
     trust_remote_code: bool = False
     """Allow model code from the hub (transformers' trust_remote_code)."""
 
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = None
+    """Attention kernel (transformers' attn_implementation); None: transformers' default (sdpa).
+    On CPU, "eager" is faster for very small models such as the built-in tiny one."""
+
 
 class RolloutConfig(BaseModel):
     """How completions are generated."""
@@ -111,6 +115,11 @@ class BatchConfig(BaseModel):
 
     micro_batch_size: int = Field(16, ge=1)
     """Completions per forward/backward pass; gradients accumulate over a mini-batch."""
+
+    skip_zero_advantage: bool = True
+    """Without a KL term, leave samples whose advantage is 0 out of the forward and backward passes:
+    their gradient is exactly 0, so the update is unchanged (the loss normaliser still counts them).
+    Update statistics (entropy, clip fractions, ratios) then cover the samples that carry gradient."""
 
     share_prompts: bool = True
     """Run each distinct prompt of a micro-batch through the learner once and let its completions

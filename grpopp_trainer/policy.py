@@ -168,11 +168,12 @@ class Policy:
         self.tokenizer = tokenizer
         self.device = device
         self.optim_config = optim
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        # One fused kernel for all parameters where torch has it (CPU and CUDA): the same AdamW update,
+        # a few times faster than the per-tensor loop on small models.
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=optim.lr,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
+            parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, fused=fused or None
         )
         self.total_optimizer_steps = total_optimizer_steps
 

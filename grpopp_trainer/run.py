@@ -69,8 +69,9 @@ def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrained
     """The policy model and its tokenizer, from ``model_source(config, path)``."""
     source = model_source(config, path)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    kernel = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
+        source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code, **kernel
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

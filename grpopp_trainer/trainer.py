@@ -189,10 +189,9 @@ class Trainer:
             return {"skipped_update": 1.0, "lr": lr}
         stats = _MetricAccumulator()
         tokens = 0
-        for start in range(0, len(rows), cfg.batch.micro_batch_size):
-            micro = [r for r in rows[start : start + cfg.batch.micro_batch_size] if tensors.trained[r]]
-            if not micro:  # nothing of this micro-batch is trained on: no forward pass needed
-                continue
+        active = self._rows_with_gradient(tensors, advantages, rows)
+        for start in range(0, len(active), cfg.batch.micro_batch_size):
+            micro = active[start : start + cfg.batch.micro_batch_size]
             batch = self.policy.token_batch(
                 [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
             )
@@ -232,6 +231,22 @@ class Trainer:
             {"grad_norm": grad_norm, "skipped_update": 0.0 if applied else 1.0, "train_tokens": tokens, "lr": lr}
         )
         return summary
+
+    def _rows_with_gradient(self, tensors: TrainTensors, advantages: torch.Tensor, rows: list[int]) -> list[int]:
+        """The trained rows whose forward and backward passes can change the update.
+
+        Without a KL term a sample with advantage 0 has a policy gradient of exactly 0 under every
+        objective here (each multiplies the advantage), so ``batch.skip_zero_advantage`` leaves it
+        out: the update is unchanged, as the normaliser ``num_items`` still counts it. Groups whose
+        rewards are all equal (without dynamic sampling, a fifth of them on tiny-arithmetic) then cost
+        nothing. If no row is left, one is kept so that the optimizer sees the same zero gradients
+        (AdamW's momentum and weight decay still act on them).
+        """
+        trained = [r for r in rows if bool(tensors.trained[r])]
+        if not (self.config.batch.skip_zero_advantage and self.config.algorithm.loss.kl_coef == 0):
+            return trained
+        active = [r for r in trained if float(advantages[r]) != 0.0]
+        return active or trained[:1]
 
     def _logprobs_no_grad(self, model: PreTrainedModel | None, tensors: TrainTensors) -> list[torch.Tensor]:
         """Per-sample log-probs [T_i] of the completions under ``model`` (pi_old or the reference)."""

@@ -185,6 +185,67 @@ def test_masked_samples_contribute_no_gradient(tmp_path, model_dir):
     assert any(not torch.equal(results[0][k], v) for k, v in weights(model_dir).items() if k in results[0])
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "advantages"),
+    [
+        ({"preset": "grpopp"}, [0.5, 0.0, -1.5, 0.0, 0.0, 0.0, 1.0, 0.0]),  # TIS on, two groups half zero
+        ({"preset": "cispo"}, [0.5, 0.0, -1.5, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ({"preset": "gspo"}, [0.5, 0.0, -1.5, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ({"preset": "grpopp", "optim": None}, [0.0] * 8),  # nothing carries gradient: AdamW still steps
+    ],
+)
+def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, model_dir, algorithm, advantages):
+    """Two mini-batches (mini_batches=2, so the second step has momentum), with and without the skip:
+    the same gradients at each step (the normaliser included; AdamW alone would hide a scale error)
+    and the same parameters after both. Counting the rows the learner embeds shows the skip."""
+    results, embedded, grads = [], [], []
+    for skip in (False, True):
+        config = config_for(
+            tmp_path,
+            model_dir,
+            name=f"skip-{skip}",
+            algorithm={k: v for k, v in algorithm.items() if k != "optim"},
+            batch={"prompts_per_step": 4, "micro_batch_size": 3, "mini_batches": 2, "skip_zero_advantage": skip},
+            rollout={"completions_per_prompt": 2, "max_new_tokens": 3},
+            optim={"lr": 1e-2, "weight_decay": 0.1},
+        )
+        trainer = build_trainer(config, tmp_path / f"skip-{skip}")
+        rows: list[int] = []
+        trainer.policy.model.get_input_embeddings().register_forward_hook(
+            lambda _m, args, _o, rows=rows: rows.append(int(args[0].shape[0]))
+        )
+        step_grads: list[list[torch.Tensor]] = []
+        original_step = trainer.policy.step
+
+        def recording_step(original_step=original_step, step_grads=step_grads, model=trainer.policy.model):
+            step_grads.append([p.grad.clone() for p in model.parameters()])
+            return original_step()
+
+        trainer.policy.step = recording_step
+        completions = [[10, 11], [5, 6, 7], [12], [13, 14, 15], [16], [17, 18], [40, 41], [19]]
+        tensors = TrainTensors(
+            prompts=[[20, 21, 22], [20, 21, 22], [23, 24], [23, 24], [25], [25], [26, 27], [26, 27]],
+            completions=completions,
+            sampler_logprobs=[[-1.0] * len(c) for c in completions],
+            rewards=torch.zeros(8, dtype=torch.float64),
+            valid=torch.ones(8, dtype=torch.bool),
+            trained=torch.ones(8, dtype=torch.bool),
+        )
+        metrics = trainer.update(tensors, torch.tensor(advantages))
+        assert metrics["skipped_update"] == 0.0
+        results.append({k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()})
+        embedded.append(rows)
+        grads.append(step_grads)
+    assert len(grads[0]) == len(grads[1]) == 2
+    for step_without, step_with in zip(grads[0], grads[1], strict=True):
+        for without, with_skip in zip(step_without, step_with, strict=True):
+            torch.testing.assert_close(with_skip, without, rtol=1e-5, atol=1e-7)
+    for key, value in results[0].items():  # AdamW amplifies rounding of near-zero gradients a little
+        torch.testing.assert_close(results[1][key], value, rtol=0, atol=2e-5)
+    assert any(not torch.equal(results[0][k], v) for k, v in weights(model_dir).items() if k in results[0])
+    assert sum(embedded[0]) > sum(embedded[1])  # the skip left rows out of the learner's passes
+
+
 def test_failed_verifications_are_masked_and_counted(tmp_path, model_dir):
     config = config_for(tmp_path, model_dir, envs=[{"name": "coin_flaky"}], steps=2, rollout={"max_new_tokens": 3})
     summary = train(config)
@@ -389,3 +450,10 @@ def test_short_batches_still_get_the_planned_mini_batches(tmp_path, model_dir):
     )
     trainer.update(short, advantages[keep])
     assert len(steps) == 2
+
+
+@pytest.mark.parametrize("kernel", ["eager", "sdpa"])
+def test_model_attention_kernel_is_configurable(tmp_path, model_dir, kernel):
+    config = config_for(tmp_path, model_dir, model={"name_or_path": str(model_dir), "attn_implementation": kernel})
+    model, _ = load_model(config.model)
+    assert model.config._attn_implementation == kernel
