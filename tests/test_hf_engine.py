@@ -283,7 +283,12 @@ def test_forced_eos_stops_the_row_and_is_kept(model, tokenizer):
 def test_rows_stop_at_eos_at_different_steps(model, tokenizer):
     likely_eos = with_eos_bias(model, 5.0)
     params = SamplingParams(max_new_tokens=25, temperature=1.0, seed=9)
+    decoded_rows: list[int] = []
+    likely_eos.get_input_embeddings().register_forward_hook(lambda _m, a, _o: decoded_rows.append(a[0].shape[0]))
     completions = flat(HFEngine(likely_eos, tokenizer, batch_size=16).generate(PROMPTS, params, n=4))
+    # Finished rows left the decoding batch: after the prefill of 4 distinct prompts, fewer than 16 rows.
+    assert decoded_rows[0] == 4 and 0 < min(decoded_rows[1:]) < max(decoded_rows[1:]) <= 16
+    assert decoded_rows[1:] == sorted(decoded_rows[1:], reverse=True)
     lengths = set()
     for c in completions:
         assert c.token_ids.count(EOS) == (c.finish_reason == "stop")
@@ -292,7 +297,7 @@ def test_rows_stop_at_eos_at_different_steps(model, tokenizer):
             lengths.add(len(c.token_ids))
         else:
             assert len(c.token_ids) == 25
-        # finished rows were fed padding while the others went on: their log-probs are still exact
+        # rows finished and left the batch while the others went on: their log-probs are still exact
         torch.testing.assert_close(c.logprobs, reference_logprobs(likely_eos, c, params), **TOL, check_dtype=False)
     assert len(lengths) >= 3
 

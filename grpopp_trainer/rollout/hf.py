@@ -15,10 +15,12 @@ of ``model.generate`` so that the record of each token is exactly what the loss 
    truncated importance sampling. Temperature 0 is greedy: argmax of the raw logits, recorded with
    the log-softmax of the raw logits.
 4. A row finishes at EOS (kept) or once its decoded text contains a stop string (the token that
-   completed it is kept); finished rows are fed padding until the whole chunk is done, and their
-   results stop growing. A row cut at ``max_new_tokens`` finishes with reason "length".
+   completed it is kept); its result stops growing. Finished rows are fed padding until a quarter
+   of the batch has finished, then leave the batch (``COMPACT_BELOW``). A row cut at
+   ``max_new_tokens`` finishes with reason "length".
 
-Shapes: B rows of a chunk (prompt copies), P padded prompt tokens, T generated tokens, V vocab.
+Shapes: B rows of a chunk (prompt copies), b <= B rows still in the decoding batch, P padded prompt
+tokens, T generated tokens, V vocab.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from grpopp_trainer.rollout.base import Completion, Prompt, SamplingParams, dist
 
 STOP_WINDOW_SLACK = 8
 """Extra tokens decoded before a stop string's worst-case span (4 byte tokens per character)."""
+
+COMPACT_BELOW = 0.75
+"""Once at most this fraction of a batch's rows is still running, the finished ones leave the batch
+(their cache rows dropped), so later steps compute only rows that still generate."""
 
 
 @dataclass(frozen=True)
@@ -191,20 +197,27 @@ class HFEngine:
         finished = torch.zeros(num_rows, dtype=torch.bool, device=self.device)  # [B]
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
         generated: list[list[int]] = [[] for _ in rows]  # host copy, only kept for stop strings
+        live = torch.arange(num_rows, device=self.device)  # [b] the chunk row each batch row decodes
         for step in range(max_new):
-            next_tokens, next_logprobs = sample_next_tokens(logits, params, self.generator)  # [B], [B]
-            active = ~finished  # [B]
-            tokens[:, step] = torch.where(active, next_tokens, self.pad_token_id)
-            logprobs[:, step] = torch.where(active, next_logprobs, 0.0)
-            lengths += active.long()
-            finished |= active & torch.isin(next_tokens, eos)
+            next_tokens, next_logprobs = sample_next_tokens(logits, params, self.generator)  # [b], [b]
+            active = ~finished[live]  # [b]
+            tokens[live, step] = torch.where(active, next_tokens, self.pad_token_id)
+            logprobs[live, step] = torch.where(active, next_logprobs, 0.0)
+            lengths[live] += active.long()
+            done = active & torch.isin(next_tokens, eos)  # [b]
             if params.stop:
-                finished |= self._stop_string_hits(generated, tokens[:, step], active, params.stop)
+                done |= self._stop_string_hits(generated, live.tolist(), next_tokens, active, params.stop)
+            finished[live] |= done
             if step == max_new - 1 or bool(finished.all()):
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((num_rows, 1))], dim=-1)
-            position_ids = position_ids[:, -1:] + 1  # [B, 1]
-            logits, cache = self._forward(tokens[:, step : step + 1], attention_mask, position_ids, cache)
+            running = ~finished[live]  # [b]
+            if int(running.sum()) <= COMPACT_BELOW * len(live):  # drop finished rows from the batch
+                keep = running.nonzero().squeeze(-1)  # [b']
+                cache.reorder_cache(keep)  # type: ignore[attr-defined]
+                attention_mask, position_ids, live = attention_mask[keep], position_ids[keep], live[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=-1)
+            position_ids = position_ids[:, -1:] + 1  # [b, 1]
+            logits, cache = self._forward(tokens[live, step : step + 1], attention_mask, position_ids, cache)
         return [
             _RowResult(token_ids=ids[:length], logprobs=lps[:length], stopped=stop)
             for ids, lps, length, stop in zip(
@@ -213,20 +226,26 @@ class HFEngine:
         ]
 
     def _stop_string_hits(
-        self, generated: list[list[int]], step_tokens: torch.Tensor, active: torch.Tensor, stop: tuple[str, ...]
+        self,
+        generated: list[list[int]],
+        rows: list[int],
+        step_tokens: torch.Tensor,
+        active: torch.Tensor,
+        stop: tuple[str, ...],
     ) -> torch.Tensor:
         """Append this step's tokens to the active rows and flag those whose text now holds a stop string.
 
-        Only the tail of a row is decoded: a stop string of c characters spans at most 4c byte tokens,
-        and any earlier occurrence would already have finished the row. Returns [B] bool.
+        ``rows[b]`` is the chunk row that batch row b decodes. Only the tail of a row is decoded: a stop
+        string of c characters spans at most 4c byte tokens, and any earlier occurrence would already
+        have finished the row. Returns [b] bool.
         """
         window = 4 * max(len(s) for s in stop) + STOP_WINDOW_SLACK
-        hits = [False] * len(generated)
-        for b, (token, is_active) in enumerate(zip(step_tokens.tolist(), active.tolist(), strict=True)):
+        hits = [False] * len(rows)
+        for b, (row, token, is_active) in enumerate(zip(rows, step_tokens.tolist(), active.tolist(), strict=True)):
             if not is_active:
                 continue
-            generated[b].append(token)
-            text = self._decode(generated[b][-window:])
+            generated[row].append(token)
+            text = self._decode(generated[row][-window:])
             hits[b] = any(s in text for s in stop)
         return torch.tensor(hits, dtype=torch.bool, device=step_tokens.device)
 
