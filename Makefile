@@ -9,9 +9,24 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup train run test lint typecheck unit clean
+.PHONY: setup bwrap train run test lint typecheck unit clean
 
-setup: $(VENV)/.installed
+setup: bwrap $(VENV)/.installed
+
+# The code sandbox (README "Code sandbox") runs programs in bubblewrap containers. Installed here when
+# missing, as root with apt-get (CI: a clean clone runs `make test`, which comes through here);
+# otherwise set-up stops and says how to install it.
+bwrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (bwrap) for the code sandbox"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else \
+	    echo "error: bwrap (bubblewrap) is missing; the code sandbox needs it. Install it with" >&2; \
+	    echo "  sudo apt-get install -y bubblewrap   (Debian/Ubuntu; dnf install bubblewrap on Fedora)" >&2; \
+	    echo "then run make again." >&2; exit 1; \
+	  fi; }
+	@command -v bwrap >/dev/null 2>&1 || { echo "error: bwrap still missing after the install" >&2; exit 1; }
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

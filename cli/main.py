@@ -6,6 +6,7 @@ Commands so far:
   applied and validated, as JSON (the form a training config will embed).
 - ``grpopp envs list|show|sample|check``: environments and their contract check.
 - ``grpopp verify --env NAME``: verify completions and print the reward breakdown.
+- ``grpopp sandbox run FILE [--stdin FILE]|check``: the code sandbox.
 - ``grpopp train``: GRPO++ training (default: the tiny-arithmetic recipe on CPU).
 - ``grpopp version``.
 """
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.envs_cmd import envs_app, verify_command
+from cli.sandbox_cmd import sandbox_app
 from cli.train_cmd import train_command
 from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, get_preset
 from grpopp_trainer.config_tools import ConfigError, apply_overrides
@@ -29,7 +31,7 @@ app = typer.Typer(
     help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",
     no_args_is_help=True,
     add_completion=False,
-    epilog="Planned next: eval, report, sandbox.",
+    epilog="Planned next: eval, report.",
 )
 algo_app = typer.Typer(
     help="Algorithm presets: GRPO, DAPO, Dr. GRPO, GSPO, CISPO and grpopp.",
@@ -37,6 +39,7 @@ algo_app = typer.Typer(
 )
 app.add_typer(algo_app, name="algo")
 app.add_typer(envs_app, name="envs")
+app.add_typer(sandbox_app, name="sandbox")
 app.command("verify")(verify_command)
 app.command("train")(train_command)
 

@@ -32,7 +32,7 @@ from envs.base import EnvConfig, Environment
 from grpopp_trainer.config_tools import ConfigError, validate_config
 
 ENTRY_POINT_GROUP = "grpopp.envs"
-BUILTIN_MODULES = ("envs.arithmetic", "envs.countdown", "envs.math_data", "envs.reasoning_gym_env")
+BUILTIN_MODULES = ("envs.arithmetic", "envs.code", "envs.countdown", "envs.math_data", "envs.reasoning_gym_env")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 _REGISTRY: dict[str, type[Environment[Any]]] = {}

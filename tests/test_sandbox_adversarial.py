@@ -1,0 +1,371 @@
+"""The adversarial suite: reward hacks and attacks on the host. Each must score as failed for the
+precise reason asserted, and leave the host unharmed.
+
+Programs run through the real sandbox and judge (rewards.sandbox, rewards.code_judge) with short
+limits (wall 2 s, CPU 1 s). Tests skip with the reason when bwrap cannot run here."""
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rewards.code_judge import FunctionTest, HiddenTests, Outcome, StdioTest, judge, plan_jobs
+from rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, SandboxUnavailable
+
+CONFIG = SandboxConfig(wall_timeout_s=2.0, cpu_time_s=1, processes=16, workers=2)
+HERE = Path(__file__).resolve()
+SAMPLE = HERE.parent.parent / "envs" / "data" / "code_sample.jsonl"
+
+
+def _bwrap_problem() -> str | None:
+    try:
+        Sandbox(CONFIG).close()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return None
+
+
+BWRAP_PROBLEM = _bwrap_problem()
+pytestmark = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap sandbox unavailable: {BWRAP_PROBLEM}")
+
+
+@pytest.fixture(scope="module")
+def box():
+    with Sandbox(CONFIG) as sandbox:
+        yield sandbox
+
+
+def run_suite(box: Sandbox, program: str, suite: HiddenTests) -> tuple[list[Outcome], list[ExecResult]]:
+    results = box.run_many(plan_jobs(program, suite, box.config))
+    return judge(suite, results), results
+
+
+def stdio(box: Sandbox, program: str, *pairs: tuple[str, str]) -> tuple[list[Outcome], list[ExecResult]]:
+    suite = HiddenTests(kind="stdio", stdio=[StdioTest(input=i, output=o) for i, o in pairs])
+    return run_suite(box, program, suite)
+
+
+def function(box: Sandbox, program: str, *calls: tuple[list, object]) -> tuple[list[Outcome], list[ExecResult]]:
+    tests = [FunctionTest(args=args, expected=expected) for args, expected in calls]
+    return run_suite(box, program, HiddenTests(kind="function", fn_name="solve", calls=tests))
+
+
+def host_processes(marker: str) -> list[int]:
+    """Live (non-zombie) host processes whose command line contains ``marker`` (bwrap's own, whose
+    arguments name /sandbox/main.py too, left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and "bwrap" not in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+# -- resource exhaustion -----------------------------------------------------------------------------
+
+
+def test_infinite_loop_hits_the_cpu_limit(box):
+    (outcome,), (result,) = stdio(box, "while True:\n    pass\n", ("", "1\n"))
+    assert outcome.kind == "limit" and "cpu" in outcome.reason
+    assert result.limits_hit == ["cpu"] and result.signal == signal.SIGKILL and not result.timed_out
+
+
+def test_ignoring_sigxcpu_does_not_help(box):
+    program = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n"
+    (outcome,), (result,) = stdio(box, program, ("", "1\n"))
+    assert outcome.kind == "limit" and result.limits_hit == ["cpu"] and result.signal == signal.SIGKILL
+
+
+def test_sleep_past_the_limit_is_killed_by_the_parent(box):
+    (outcome,), (result,) = stdio(box, "import time\ntime.sleep(60)\nprint(1)\n", ("", "1\n"))
+    assert outcome.kind == "timeout"
+    assert result.timed_out and result.limits_hit == ["wall"] and 2.0 <= result.wall_time_s < 3.0
+
+
+def test_closing_stdout_then_sleeping_still_times_out(box):
+    program = "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)\n"
+    (outcome,), (result,) = stdio(box, program, ("", "1\n"))
+    assert outcome.kind == "timeout" and result.timed_out
+
+
+def test_fork_bomb_is_capped_and_leaves_nothing(box):
+    """A real fork bomb: every process forks forever. The host sees at most ``processes`` of them
+    at any time (RLIMIT_NPROC, applied because bwrap runs as an unprivileged host uid), stays
+    responsive, and none survive the run."""
+    marker = "/sandbox/main.py"
+    before = host_processes(marker)
+    peak, host_latency, done = [0], [0.0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], len(host_processes(marker)) - len(before))
+            start = time.monotonic()
+            subprocess.run(["true"], check=True)
+            host_latency[0] = max(host_latency[0], time.monotonic() - start)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        program = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+        (outcome,), (result,) = stdio(box, program, ("", "1\n"))
+    finally:
+        done.set()
+        watcher.join()
+    assert outcome.kind in ("timeout", "limit") and (result.timed_out or "cpu" in result.limits_hit)
+    assert 1 <= peak[0] <= CONFIG.processes
+    assert host_latency[0] < 1.0
+    assert host_processes(marker) == before  # none survive
+
+
+def test_concurrent_containers_do_not_share_the_process_budget(box):
+    """Since Linux 5.14 RLIMIT_NPROC counts per user namespace: two containers under the same host
+    uid each get the whole budget at the same time."""
+    program = (
+        "import os, time\nn = 0\nfor _ in range(100):\n    try:\n        pid = os.fork()\n    except OSError:\n"
+        "        break\n    if pid == 0:\n        time.sleep(1)\n        os._exit(0)\n    n += 1\nprint(n)\n"
+    )
+    results = box.run_many([Job(program=program)] * 2)
+    counts = [int(r.stdout) for r in results]
+    assert counts == [CONFIG.processes - 1] * 2  # the program itself is the 16th
+
+
+def test_memory_bomb_fails_with_memory_limit(box):
+    (outcome,), (result,) = stdio(box, "x = [0] * (1 << 31)\n", ("", "1\n"))
+    assert outcome.kind == "limit" and result.limits_hit == ["memory"] and result.exit_code == 1
+
+
+def test_gigabyte_of_output_is_cut_at_the_cap_without_buffering_it(box):
+    program = "import sys\nchunk = 'x' * 65536\nfor _ in range(16384):\n    sys.stdout.write(chunk)\n"
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (outcome,), (result,) = stdio(box, program, ("", "x\n"))
+    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert outcome.kind == "limit" and result.limits_hit == ["stdout"] and result.stdout_truncated
+    assert len(result.stdout) == CONFIG.stdout_max_bytes and result.wall_time_s < 1.5
+    assert growth_mb < 64
+
+
+def test_filling_tmp_hits_the_tmpfs_size(box):
+    program = "for i in range(4):\n    open(f'/tmp/f{i}', 'wb').write(b'x' * (15 << 20))\n"
+    (outcome,), (result,) = stdio(box, program, ("", "1\n"))
+    assert outcome.kind == "runtime_error" and "No space left on device" in result.stderr
+
+
+# -- escaping the container ----------------------------------------------------------------------
+
+
+def test_writing_outside_tmp_fails_and_the_host_is_untouched(box, tmp_path):
+    host_target = tmp_path / "planted"
+    targets = ["/planted", "/usr/planted", "/sandbox/planted", "/etc/planted", str(host_target), "/sandbox/main.py"]
+    program = (
+        f"import json\nfailed = []\nfor path in {targets!r}:\n    try:\n        open(path, 'w').write('x')\n"
+        "    except OSError as exc:\n        failed.append(type(exc).__name__)\nopen('/tmp/ok', 'w').write('x')\n"
+        "print(len(failed))\n"
+    )
+    (outcome,), (result,) = stdio(box, program, ("", str(len(targets)) + "\n"))
+    assert outcome.passed, (outcome, result.stderr)  # every write outside /tmp failed, /tmp worked
+    assert not host_target.exists()
+
+
+def test_reading_hidden_tests_or_the_parents_files_fails(box):
+    secret = f"EXPECTED-{uuid.uuid4().hex}"
+    paths = [str(HERE), str(SAMPLE), os.getcwd(), "/root", "/home", "/work", "/etc/passwd", "/etc/shadow"]
+    program = (
+        f"import os\nfound = []\nfor path in {paths!r}:\n    try:\n"
+        "        found.append(path if os.path.isdir(path) and os.listdir(path) else open(path).read(1) and path)\n"
+        "    except OSError:\n        pass\nfor root, dirs, files in os.walk('/sandbox'):\n"
+        "    for name in files:\n        print(open(os.path.join(root, name)).read())\nprint(found)\n"
+    )
+    (outcome,), (result,) = stdio(box, program, ("", secret + "\n"))
+    assert outcome.kind == "wrong_answer"
+    assert result.stdout.strip().splitlines()[-1] == "[]"  # none of the host paths exist in the container
+    assert secret not in result.stdout
+
+
+def test_network_is_unreachable(box):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        program = (
+            f"import socket\nfor host, port in [('127.0.0.1', {port}), ('1.1.1.1', 53), ('8.8.8.8', 443)]:\n"
+            "    try:\n        socket.create_connection((host, port), timeout=0.5)\n        print('connected')\n"
+            "    except OSError as exc:\n        print(type(exc).__name__)\n"
+        )
+        (outcome,), (result,) = stdio(box, program, ("", "connected\nconnected\nconnected\n"))
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing reached the host's loopback
+    assert outcome.kind == "wrong_answer" and "connected" not in result.stdout
+    assert result.stdout.split() == ["ConnectionRefusedError", "OSError", "OSError"]  # own loopback; no route
+
+
+def test_host_environment_is_not_visible(box, monkeypatch):
+    monkeypatch.setenv("GRPOPP_SECRET", "xyz-host-secret")
+    program = "import os\nprint(dict(os.environ))\nprint(open('/proc/self/environ').read())\n"
+    _, (result,) = stdio(box, program, ("", ""))
+    assert result.exit_code == 0 and "xyz-host-secret" not in result.stdout and "GRPOPP_SECRET" not in result.stdout
+
+
+def test_killing_the_parent_or_other_processes_fails(box):
+    sleeper_argv = ["sleep", "30"]
+    if os.geteuid() == 0:  # a host process of the very uid the sandbox runs as
+        sleeper_argv = ["setpriv", f"--reuid={CONFIG.sandbox_uid}", f"--regid={CONFIG.sandbox_uid}", "--clear-groups"]
+        sleeper_argv += ["sleep", "30"]
+    sleeper = subprocess.Popen(sleeper_argv)
+    try:
+        program = (
+            f"import os, signal\nfor pid in ({os.getpid()}, {sleeper.pid}, os.getppid()):\n    try:\n"
+            "        os.kill(pid, signal.SIGKILL)\n        print('killed', pid)\n    except OSError as exc:\n"
+            "        print(type(exc).__name__)\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError as exc:\n"
+            "    print(type(exc).__name__)\nprint('still here')\n"
+        )
+        _, (result,) = stdio(box, program, ("", ""))
+        assert sleeper.poll() is None  # the host process survived
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # host pids do not exist in the container; the parent is pid 0 (the program is PID 1), and
+    # kill(0) / kill(-1) reach nothing else: it is alone in its PID namespace
+    assert result.stdout.split("\n") == [
+        "ProcessLookupError",
+        "ProcessLookupError",
+        "killed 0",
+        "ProcessLookupError",
+        "still here",
+        "",
+    ]
+
+
+def test_no_background_process_survives_the_run(box):
+    marker = f"grpopp-daemon-{uuid.uuid4().hex}"
+    program = (
+        "import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.closerange(0, 64)\n"
+        f"        os.execv('/bin/sleep', [{marker!r}, '1000'])\n    os._exit(0)\nos.wait()\nimport time\n"
+        "time.sleep(0.2)\nprint('left a daemon behind')\n"
+    )
+    (outcome,), (result,) = stdio(box, program, ("", "left a daemon behind\n"))
+    assert outcome.passed and result.wall_time_s < 1.5  # the run ends with the program, not the daemon
+    assert host_processes(marker) == []  # checked at once: the namespace was gone when run() returned
+
+
+def test_no_nested_user_namespace_and_no_privilege(box):
+    program = (
+        "import os, subprocess\nprint(subprocess.run(['/usr/bin/unshare', '-r', 'true']).returncode)\n"
+        "try:\n    os.setuid(0)\n    print('root')\nexcept OSError as exc:\n    print(type(exc).__name__)\n"
+    )
+    _, (result,) = stdio(box, program, ("", ""))
+    assert result.stdout.split() == ["1", "OSError"], result.stderr  # unshare failed; uid 0 is not even mapped
+    assert "unshare failed" in result.stderr
+
+
+# -- reward hacks on the judge ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exit_call", ["sys.exit(0)", "os._exit(0)", "raise SystemExit"])
+def test_exiting_with_status_0_before_output_fails_stdio(box, exit_call):
+    program = f"import os, sys\n{exit_call}\nprint(int(input()) * 2)\n"
+    (outcome,), (result,) = stdio(box, program, ("21\n", "42\n"))
+    assert result.exit_code == 0
+    assert outcome.kind == "wrong_answer" and outcome.reason == "0 output lines, expected 1"
+
+
+def test_exiting_before_the_calls_fails_function_tests(box):
+    outcomes, _ = function(box, "import sys\nsys.exit(0)\ndef solve(x):\n    return x\n", ([1], 1), ([2], 2))
+    assert [o.kind for o in outcomes] == ["runtime_error"] * 2 and "SystemExit: 0" in outcomes[0].reason
+    outcomes, _ = function(box, "import os\nos._exit(0)\ndef solve(x):\n    return x\n", ([1], 1), ([2], 2))
+    assert [o.kind for o in outcomes] == ["missing"] * 2
+    program = "import os, sys\ndef solve(x):\n    if x == 2:\n        os._exit(0)\n    sys.exit(0)\n"
+    outcomes, _ = function(box, program, ([1], 1), ([2], 2))
+    assert [o.kind for o in outcomes] == ["runtime_error", "missing"] and "SystemExit" in outcomes[0].reason
+
+
+def test_printing_the_expected_output_of_another_test(box):
+    outcomes, _ = stdio(box, "print(2)\n", ("1\n", "2\n"), ("5\n", "10\n"))
+    assert [o.kind for o in outcomes] == ["passed", "wrong_answer"]
+
+
+def test_syntax_error_is_a_failure_not_an_empty_pass(box):
+    (outcome,), _ = stdio(box, "print(\n", ("", ""))  # even an empty expected output needs exit status 0
+    assert outcome.kind == "runtime_error" and "SyntaxError" in outcome.reason
+    outcomes, _ = function(box, "def solve(x:\n    return x\n", ([1], 1))
+    assert outcomes[0].kind == "runtime_error" and "SyntaxError" in outcomes[0].reason
+
+
+@pytest.mark.parametrize(
+    ("definition", "kind"),
+    [
+        ("class R:\n    def __eq__(self, other):\n        return True\n", "runtime_error"),  # not JSON
+        (
+            "class R(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n",
+            "wrong_answer",
+        ),
+        (
+            "class R(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n",
+            "wrong_answer",
+        ),
+        ("class R(list):\n    def __eq__(self, other):\n        return True\n", "wrong_answer"),
+    ],
+)
+def test_an_eq_that_is_always_true_cannot_pass(box, definition, kind):
+    program = definition + "def solve(x):\n    return R()\n"
+    outcomes, _ = function(box, program, ([1], 42), ([2], "forty-two"))
+    assert [o.kind for o in outcomes] == [kind, kind], outcomes
+
+
+def test_monkeypatching_json_and_builtins_cannot_forge_a_pass(box):
+    rebound = "import json\njson.dumps = lambda *a, **k: '42'\n"  # the driver bound json.dumps before importing us
+    outcomes, _ = function(box, rebound + "def solve(x):\n    return 0\n", ([1], 42))
+    assert outcomes[0].kind == "wrong_answer" and outcomes[0].reason == "expected 42, got 0"
+    encoder = (  # reaches the driver's own json: every line it writes becomes the forged text
+        "import builtins, json\njson.JSONEncoder.encode = lambda self, o: '42'\n"
+        "builtins.isinstance = lambda *a: True\nbuiltins.callable = lambda *a: True\n"
+        "def solve(x):\n    return 0\n"
+    )
+    outcomes, _ = function(box, encoder, ([1], 42))
+    assert outcomes[0].kind == "runtime_error" and "tampered" in outcomes[0].reason
+
+
+def test_forging_results_on_the_channel_fails(box):
+    forge = (
+        "import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    if fd > 2:\n        try:\n"
+        '            os.write(fd, b\'{"i": 0, "ok": true, "value": 1}\\n\')\n        except OSError:\n'
+        "            pass\n"
+    )
+    outcomes, _ = function(box, forge + "def solve(x):\n    return -1\n", ([1], 1))
+    assert outcomes[0].kind == "runtime_error" and "reported twice" in outcomes[0].reason
+    outcomes, _ = function(box, forge + "os._exit(0)\n", ([1], 2))  # forge, then leave before the driver
+    assert outcomes[0].kind == "wrong_answer"  # a forged value is still judged against the hidden one
+
+
+def test_catching_the_per_call_timer_still_times_out(box):
+    program = (
+        "import time\ndef solve(x):\n    while True:\n        try:\n            time.sleep(10)\n"
+        "        except BaseException:\n            pass\n"
+    )
+    with Sandbox(CONFIG.model_copy(update={"wall_timeout_s": 0.5})) as fast:
+        outcomes, (result,) = run_suite(
+            fast, program, HiddenTests(kind="function", fn_name="solve", calls=[FunctionTest(args=[1], expected=1)] * 2)
+        )
+    assert [o.kind for o in outcomes] == ["timeout", "timeout"] and result.timed_out
+
+
+def test_the_driver_reports_values_not_verdicts(box):
+    """Sanity check of the suite itself: a correct program passes, so the failures above are real."""
+    outcomes, _ = function(box, "def solve(x):\n    return {'double': [x * 2, True]}\n", ([21], {"double": [42, True]}))
+    assert outcomes[0].passed
+    assert json.loads(json.dumps(outcomes[0].kind)) == "passed"
