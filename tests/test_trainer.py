@@ -289,7 +289,9 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, model_dir):
-    steps = {"steps": 4}
+    # Killed at its second checkpoint: six more steps and the final evaluation keep the run going far
+    # longer than the 50 ms between polls, so the kill always lands mid-run.
+    steps = {"steps": 8}
     straight = tmp_path / "straight"
     subprocess.run(
         [GRPOPP, "train", "--plugin", PLUGIN, "--config", str(write_config(tmp_path, model_dir, straight, **steps))],
@@ -317,8 +319,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, model_dir):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     assert comparable(metrics(killed)) == comparable(metrics(straight))
-    assert len(step_metrics(killed)) == 4
-    final = "checkpoints/step-000004"
+    assert len(step_metrics(killed)) == 8
+    final = "checkpoints/step-000008"
     assert all(
         torch.equal(a, b)
         for a, b in zip(weights(killed / final).values(), weights(straight / final).values(), strict=True)
