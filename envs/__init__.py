@@ -1,5 +1,7 @@
 """envs: task sources with verifiable rewards (typed tasks, registry, mixtures).
 
-Empty in this release: the environment contract and the built-in environments are the next piece
-of work (see the project's issue on environments). Nothing here is importable yet on purpose.
+``envs.base`` holds the contract (``Task``, ``EnvConfig``, ``Environment``); ``envs.registry`` the
+registry (``register_env``, ``make_env``, plugins, the ``grpopp.envs`` entry points);
+``envs.mixture`` weighted mixtures with exact quotas. Built-ins: ``arithmetic``, ``countdown``,
+``gsm8k`` and ``math`` (``math_data``), ``code`` (run in the sandbox), ``reasoning_gym:<task>``.
 """

@@ -853,6 +853,16 @@ def resolve_interpreter(config: SandboxConfig) -> str:
     )
 
 
+def unavailable_reason(config: SandboxConfig | None = None) -> str | None:
+    """Why a sandbox with ``config`` cannot start here (the ``SandboxUnavailable`` message with its
+    fix), or None when it can: for callers and tests that skip instead of failing."""
+    try:
+        Sandbox(config).close()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return None
+
+
 @functools.cache
 def _unshare_works() -> bool:
     """Can an unprivileged process get a network namespace here (for the weaker mode)?"""

@@ -11,21 +11,13 @@ from envs.code import extract_program
 from envs.math_data import DataFileError
 from envs.registry import list_envs, make_env
 from rewards.code_judge import Outcome
-from rewards.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
+from rewards.sandbox import SandboxConfig, SandboxUnavailable, unavailable_reason
 from rewards.shaping import LengthLimits
 
 FAST = {"sandbox": {"wall_timeout_s": 3.0, "cpu_time_s": 2, "workers": 2}}
 
 
-def _bwrap_problem() -> str | None:
-    try:
-        Sandbox(SandboxConfig(**FAST["sandbox"])).close()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    return None
-
-
-BWRAP_PROBLEM = _bwrap_problem()
+BWRAP_PROBLEM = unavailable_reason(SandboxConfig(**FAST["sandbox"]))
 needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap sandbox unavailable: {BWRAP_PROBLEM}")
 
 

@@ -23,20 +23,13 @@ from rewards.sandbox import (
     check_isolation,
     interpreter_prefix,
     resolve_interpreter,
+    unavailable_reason,
 )
 
 FAST = SandboxConfig(wall_timeout_s=2.0, cpu_time_s=1, workers=2)
 
 
-def _bwrap_problem() -> str | None:
-    try:
-        Sandbox(FAST).close()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    return None
-
-
-BWRAP_PROBLEM = _bwrap_problem()
+BWRAP_PROBLEM = unavailable_reason(FAST)
 needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap sandbox unavailable: {BWRAP_PROBLEM}")
 
 

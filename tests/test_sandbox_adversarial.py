@@ -18,22 +18,14 @@ from pathlib import Path
 import pytest
 
 from rewards.code_judge import FunctionTest, HiddenTests, Outcome, StdioTest, judge, plan_jobs
-from rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, SandboxUnavailable
+from rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, unavailable_reason
 
 CONFIG = SandboxConfig(wall_timeout_s=2.0, cpu_time_s=1, processes=16, workers=2)
 HERE = Path(__file__).resolve()
 SAMPLE = HERE.parent.parent / "envs" / "data" / "code_sample.jsonl"
 
 
-def _bwrap_problem() -> str | None:
-    try:
-        Sandbox(CONFIG).close()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    return None
-
-
-BWRAP_PROBLEM = _bwrap_problem()
+BWRAP_PROBLEM = unavailable_reason(CONFIG)
 pytestmark = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap sandbox unavailable: {BWRAP_PROBLEM}")
 
 
