@@ -8,6 +8,8 @@ Commands so far:
 - ``grpopp verify --env NAME``: verify completions and print the reward breakdown.
 - ``grpopp sandbox run FILE [--stdin FILE]|check``: the code sandbox.
 - ``grpopp train``: GRPO++ training (default: the tiny-arithmetic recipe on CPU).
+- ``grpopp eval TARGET...`` / ``grpopp eval reverify SAMPLES``: evaluate checkpoints; re-score samples.
+- ``grpopp report RUN_DIR``: PNG figures of the training curves and evaluations, and report.md.
 - ``grpopp version``.
 """
 
@@ -22,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.envs_cmd import envs_app, verify_command
+from cli.eval_cmd import eval_command
+from cli.report_cmd import report_command
 from cli.sandbox_cmd import sandbox_app
 from cli.train_cmd import train_command
 from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, get_preset
@@ -31,7 +35,6 @@ app = typer.Typer(
     help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",
     no_args_is_help=True,
     add_completion=False,
-    epilog="Planned next: eval, report.",
 )
 algo_app = typer.Typer(
     help="Algorithm presets: GRPO, DAPO, Dr. GRPO, GSPO, CISPO and grpopp.",
@@ -42,6 +45,8 @@ app.add_typer(envs_app, name="envs")
 app.add_typer(sandbox_app, name="sandbox")
 app.command("verify")(verify_command)
 app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("report")(report_command)
 
 console = Console()
 error_console = Console(stderr=True)

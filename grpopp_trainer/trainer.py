@@ -41,6 +41,7 @@ from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.advantages import compute_advantages
 from grpopp_trainer.batch import CollectStats, Group, TrainTensors, pad, score_groups, to_tensors
 from grpopp_trainer.config import TrainConfig
+from grpopp_trainer.evaluate import EvalSettings, evaluate_engine
 from grpopp_trainer.losses import policy_loss
 from grpopp_trainer.policy import Policy, completion_logprobs
 from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
@@ -268,7 +269,8 @@ class Trainer:
     # -- evaluation, metrics, checkpoints --------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy per environment on its test split (greedy by default)."""
+        """Held-out accuracy per environment on its test split (greedy by default), computed by
+        ``evaluate.evaluate_engine`` as ``grpopp eval`` computes avg@1."""
         cfg = self.config
         params = SamplingParams(
             max_new_tokens=cfg.rollout.max_new_tokens,
@@ -278,21 +280,13 @@ class Trainer:
             stop=cfg.rollout.stop,
             seed=cfg.seed,
         )
+        tasks = dict.fromkeys(self.envs, cfg.eval.tasks_per_env)
+        run = evaluate_engine(self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0))
         results: dict[str, float] = {}
-        correct_all, judged_all = 0, 0
-        for name, env in self.envs.items():
-            size = env.num_tasks("test")
-            count = cfg.eval.tasks_per_env if size is None else min(size, cfg.eval.tasks_per_env)
-            tasks = [env.task(i, "test") for i in range(count)]
-            completions = self.engine.generate([t.prompt for t in tasks], params, n=1)
-            groups = score_groups(tasks, completions, {name: env}, self.limits)
-            rewards = [g.samples[0].reward for g in groups]
-            judged = [r for r in rewards if r.verification is not None and r.verification.judged]
-            correct = sum(r.status == "correct" for r in judged)
-            results[f"{name}/accuracy"] = correct / len(judged) if judged else math.nan
-            results[f"{name}/unjudged"] = float(len(rewards) - len(judged))
-            correct_all, judged_all = correct_all + correct, judged_all + len(judged)
-        results["accuracy"] = correct_all / judged_all if judged_all else math.nan
+        for name, summary in run.per_env.items():
+            results[f"{name}/accuracy"] = summary["metrics"]["avg@1"]["value"]
+            results[f"{name}/unjudged"] = float(summary["statuses"]["timeout"] + summary["statuses"]["error"])
+        results["accuracy"] = run.overall["metrics"]["avg@1"]["value"]
         return results
 
     def _step_metrics(

@@ -1,0 +1,132 @@
+"""``grpopp eval``: evaluate checkpoints with the training verifiers; ``grpopp eval reverify FILE``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.envs_cmd import PluginOption, fail, load_plugins
+from envs.registry import RegistryError
+from grpopp_trainer.config import TrainConfig
+from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.eval_job import EvalJob, resolve_job, reverify, run_eval
+from grpopp_trainer.evaluate import EvalSettings
+
+console = Console()
+
+
+def eval_command(
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            help="Run directories (their checkpoints), model folders, hub ids or 'tiny'. "
+            "'reverify SAMPLES.jsonl' re-scores stored samples instead.",
+            show_default=False,
+        ),
+    ],
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="Environment NAME[:N], N held-out tasks (default: the run's environments)."),
+    ] = None,
+    tasks: Annotated[int, typer.Option(min=1, help="Held-out tasks per environment when --env gives no N.")] = 100,
+    samples: Annotated[int, typer.Option(min=1, help="K: completions per task.")] = 1,
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="k of pass@k / maj@k, repeatable (default 1, 2, 4, .., K).")
+    ] = None,
+    checkpoints: Annotated[str, typer.Option(help="Of a run directory: all, last or every:N steps.")] = "last",
+    greedy: Annotated[bool, typer.Option(help="Greedy decoding (one sample per task).")] = False,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: the run's).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation limit (default: the run's).")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and bootstrap.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default RUN_DIR/evals/<time> or evals/<time>).")
+    ] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Evaluate checkpoints on held-out tasks with the verifiers and shaping that trained them:
+    avg@K, unbiased pass@k, maj@k, 95% bootstrap intervals, lengths, verifier statuses."""
+    load_plugins(plugin)
+    if targets[0] == "reverify":
+        if len(targets) != 2:
+            raise fail("usage: grpopp eval reverify SAMPLES.jsonl")
+        _reverify(Path(targets[1]))
+        return
+    try:
+        settings = EvalSettings(samples=samples, ks=tuple(k or ()), bootstrap=bootstrap, seed=seed)
+    except ValueError as error:
+        raise fail(str(error)) from None
+
+    def job_for(config: TrainConfig) -> EvalJob:
+        return resolve_job(config, list(env or []), tasks, settings, greedy, temperature, max_new_tokens)
+
+    try:
+        folder, results = run_eval(targets, checkpoints, job_for, out)
+    except (ConfigError, RegistryError) as error:
+        raise fail(str(error)) from None
+    for point in results["checkpoints"]:
+        _print_checkpoint(point)
+    console.print(f"wrote {folder / 'results.json'} and {folder / 'samples.jsonl'}")
+
+
+def _cell(metric: dict[str, Any] | None) -> str:
+    if metric is None or metric["value"] is None:
+        return "-"
+    low, high = metric["ci95"]
+    interval = "" if low is None or math.isclose(low, high) else f" [{low:.3f}, {high:.3f}]"
+    return f"{metric['value']:.3f}{interval}"
+
+
+def _print_checkpoint(point: dict[str, Any]) -> None:
+    """One table per checkpoint: a row per metric, a column per environment and overall."""
+    columns = {**point["envs"], "overall": point["overall"]}
+    names = sorted({name for column in columns.values() for name in column["metrics"]}, key=_metric_order)
+    title = f"{point['checkpoint']}" + (f" (step {point['step']})" if point["step"] is not None else "")
+    table = Table(title=title, caption="value [95% bootstrap interval over tasks]")
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name)
+    table.add_row("tasks", *(str(c["tasks"]) for c in columns.values()))
+    for metric in names:
+        table.add_row(metric, *(_cell(c["metrics"].get(metric)) for c in columns.values()))
+    table.add_row("mean length", *(_number(c["length_mean"], ".1f") for c in columns.values()))
+    table.add_row("truncated", *(_number(c["truncated"], ".3f") for c in columns.values()))
+    for status in ("unparseable", "timeout", "error"):
+        table.add_row(f"{status} (samples)", *(str(c["statuses"][status]) for c in columns.values()))
+    console.print(table)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _metric_order(name: str) -> tuple[int, int]:
+    kind, _, k = name.partition("@")
+    return ({"avg": 0, "pass": 1, "maj": 2}.get(kind, 3), int(k) if k.isdigit() else 0)
+
+
+def _reverify(samples_file: Path) -> None:
+    if not samples_file.is_file():
+        raise fail(f"{samples_file}: no such file")
+    try:
+        report = reverify(samples_file)
+    except (ConfigError, RegistryError) as error:
+        raise fail(str(error)) from None
+    table = Table(title=f"re-verified {report.samples} samples: {len(report.changes)} changed")
+    for column in ("stored status", "status now", "samples"):
+        table.add_column(column)
+    for (before, after), count in sorted(report.transitions.items()):
+        table.add_row(before, after, str(count))
+    console.print(table)
+    for change in report.changes[:20]:
+        console.print(
+            f"line {change.line}: {change.task_id} sample {change.sample}: {change.before} -> {change.after} "
+            f"(reward {change.total_before:g} -> {change.total_after:g})"
+        )
+    if len(report.changes) > 20:
+        console.print(f"... and {len(report.changes) - 20} more")

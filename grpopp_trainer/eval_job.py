@@ -1,0 +1,306 @@
+"""``grpopp eval``: evaluate checkpoints or models, write results.json and samples.jsonl, re-verify.
+
+A target is a run directory (its checkpoints, chosen by ``checkpoints``: all, last, or every:N
+steps), a model folder, a hub id, or "tiny". A run directory brings its config: the environments
+with their verifier and shaping options, the sampling parameters, the model settings; otherwise the
+built-in recipe's config is the base, with the model replaced. Options override either. For each
+checkpoint: build the rollout engine of the config (``hf`` or ``vllm``), run
+``evaluate.evaluate_engine`` and collect the results.
+
+Output (``out``, default RUN_DIR/evals/<UTC time> for a run directory, else evals/<UTC time>):
+
+- ``results.json``: the resolved job (environments, sampling, settings, limits), package versions,
+  and per checkpoint the metrics per environment and overall (``evaluate.summarise``).
+- ``samples.jsonl``: one line per completion: checkpoint, step, env, task id, split and index,
+  sample number, prompt, completion, finish reason, token count, the ``VerifyResult`` and the reward
+  with every component.
+
+``reverify(samples.jsonl)`` scores stored completions again with the current verifiers (the
+environments rebuilt from the results.json beside it), without generating, and reports each
+verdict or reward that changed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.base import Environment, Split
+from envs.mixture import parse_env_arg
+from envs.registry import make_env
+from grpopp_trainer import checkpoint as ckpt
+from grpopp_trainer.config import TrainConfig, load_train_config
+from grpopp_trainer.config_tools import ConfigError, validate_config
+from grpopp_trainer.evaluate import EvalRun, EvalSettings, evaluate_engine
+from grpopp_trainer.rollout.base import SamplingParams
+from rewards.shaping import LengthLimits
+from rewards.types import Reward
+
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+class EvalEnv(BaseModel):
+    """One environment of an evaluation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: str
+    tasks: int = Field(ge=1)
+    """Held-out tasks (the first ones of the test split; fewer if it is smaller)."""
+    config: dict[str, Any] = {}
+    """The environment's options: the run's, when the run trained on it."""
+
+
+class EvalJob(BaseModel):
+    """The resolved evaluation, as written to results.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    envs: list[EvalEnv]
+    settings: EvalSettings
+    sampling: SamplingParams
+    limits: LengthLimits
+    train_config: dict[str, Any]
+    """The run's (or the recipe's) config the engine and model settings come from."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One model to evaluate."""
+
+    path: str
+    """Checkpoint folder, model folder, hub id, or "tiny"."""
+    step: int | None
+    config: TrainConfig
+
+
+def resolve_targets(targets: list[str], which: str) -> list[Checkpoint]:
+    """Expand run directories into their checkpoints (``which``: all | last | every:N)."""
+    found: list[Checkpoint] = []
+    for target in targets:
+        run_dir = Path(target)
+        if (run_dir / "config.yaml").is_file():
+            config = validate_config(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+            checkpoints = _choose(ckpt.list_checkpoints(run_dir), which, target)
+            found += [Checkpoint(str(c), int(c.name.removeprefix(ckpt.PREFIX)), config) for c in checkpoints]
+        else:
+            config = load_train_config(overrides=[f"model.name_or_path={target}"])
+            found.append(Checkpoint(target, None, config))
+    return found
+
+
+def _choose(checkpoints: list[Path], which: str, target: str) -> list[Path]:
+    if not checkpoints:
+        raise ConfigError(f"{target}: the run has no complete checkpoint to evaluate (set checkpoint.every)")
+    if which == "last":
+        return checkpoints[-1:]
+    if which == "all":
+        return checkpoints
+    if which.startswith("every:"):
+        try:
+            every = int(which.removeprefix("every:"))
+        except ValueError:
+            every = 0
+        if every >= 1:
+            chosen = [c for c in checkpoints if int(c.name.removeprefix(ckpt.PREFIX)) % every == 0]
+            return chosen or checkpoints[-1:]
+    raise ConfigError(f"--checkpoints {which!r}: use all, last or every:N (N >= 1 steps)")
+
+
+def parse_eval_env(text: str, default_tasks: int) -> tuple[str, int]:
+    """``NAME[:N]``: N held-out tasks; family names with ':' work (the count is the last part if numeric)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isdigit():
+        if int(tail) < 1:
+            raise ConfigError(f"--env {text!r}: the task count must be >= 1")
+        return head, int(tail)
+    return parse_env_arg(text).name, default_tasks
+
+
+def resolve_job(
+    base: TrainConfig,
+    env_args: list[str],
+    tasks: int,
+    settings: EvalSettings,
+    greedy: bool,
+    temperature: float | None,
+    max_new_tokens: int | None,
+) -> EvalJob:
+    """Environments (the run's config for each, when it has one), sampling (the run's rollout, with
+    the overrides), and the length limits the run's shaping used."""
+    known = {spec.name: spec for spec in base.envs}
+    chosen = [parse_eval_env(arg, tasks) for arg in env_args] or [(spec.name, tasks) for spec in base.envs]
+    envs = [
+        EvalEnv(name=name, tasks=count, config=known[name].config if name in known else {}) for name, count in chosen
+    ]
+    rollout = base.rollout
+    sampling = SamplingParams(
+        max_new_tokens=max_new_tokens or rollout.max_new_tokens,
+        temperature=0.0 if greedy else (rollout.temperature if temperature is None else temperature),
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        stop=rollout.stop,
+        seed=settings.seed,
+    )
+    if greedy and settings.samples > 1:
+        raise ConfigError("--greedy gives one answer per task: use --samples 1 (or sample with a temperature)")
+    limits = base.algorithm.length_limits(sampling.max_new_tokens)
+    return EvalJob(
+        envs=envs, settings=settings, sampling=sampling, limits=limits, train_config=base.model_dump(mode="json")
+    )
+
+
+def build_envs(job: EvalJob) -> dict[str, Environment[Any]]:
+    """The job's environments, each with its options (the same verifier and shaping as training)."""
+    return {e.name: make_env(e.name, **e.config) for e in job.envs}
+
+
+def run_eval(targets: list[str], which: str, job_for: Any, out: Path | None) -> tuple[Path, dict[str, Any]]:
+    """Evaluate every checkpoint of ``targets``; ``job_for(config)`` resolves the job against each
+    target's config. Returns the output folder and the results written to it."""
+    from grpopp_trainer.run import load_model, make_engine, model_source, resolve_device
+
+    checkpoints = resolve_targets(targets, which)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    first = Path(targets[0])
+    out = out or ((first / "evals" / stamp) if (first / "config.yaml").is_file() else Path("evals") / stamp)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"versions": _versions(), "checkpoints": []}
+    samples_path = out / SAMPLES_FILE
+    samples_path.write_text("")
+    for point in checkpoints:
+        job: EvalJob = job_for(point.config)
+        results.setdefault("config", json.loads(job.model_dump_json()))
+        config = point.config
+        torch.manual_seed(job.settings.seed)
+        source = model_source(config.model, point.path if point.step is not None else None)
+        model, tokenizer = load_model(config.model, source)
+        torch.nn.Module.to(model, resolve_device(config.device))
+        engine = make_engine(config, model, tokenizer, source)
+        envs = build_envs(job)
+        run = evaluate_engine(engine, envs, {e.name: e.tasks for e in job.envs}, job.sampling, job.limits, job.settings)
+        results["checkpoints"].append(
+            {"checkpoint": point.path, "step": point.step, "envs": run.per_env, "overall": run.overall}
+        )
+        _append_samples(samples_path, point, run)
+        del engine, model
+        gc.collect()
+    (out / RESULTS_FILE).write_text(json.dumps(_finite(results), indent=2) + "\n")
+    return out, results
+
+
+def _append_samples(path: Path, point: Checkpoint, run: EvalRun) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for group in run.groups:
+            task = group.task
+            for number, sample in enumerate(group.samples):
+                record = {
+                    "checkpoint": point.path,
+                    "step": point.step,
+                    "env": task.env,
+                    "task_id": task.id,
+                    "split": task.split,
+                    "index": task.index,
+                    "sample": number,
+                    "prompt": task.prompt if isinstance(task.prompt, str) else [m.model_dump() for m in task.prompt],
+                    "completion": sample.completion.text,
+                    "finish_reason": sample.completion.finish_reason,
+                    "num_tokens": len(sample.completion.token_ids),
+                    "reward": sample.reward.model_dump(mode="json"),
+                }
+                handle.write(json.dumps(_finite(record)) + "\n")
+
+
+# -- reverify ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    line: int
+    task_id: str
+    sample: int
+    before: str
+    after: str
+    total_before: float
+    total_after: float
+
+
+@dataclass
+class ReverifyReport:
+    samples: int
+    changes: list[Change]
+    transitions: Counter[tuple[str, str]]
+    statuses: Counter[str]
+
+
+def reverify(samples_file: Path) -> ReverifyReport:
+    """Score the completions of ``samples_file`` again with the current verifiers and shaping (the
+    environments and limits of the results.json beside it); report what changed."""
+    results_file = samples_file.parent / RESULTS_FILE
+    if not results_file.is_file():
+        raise ConfigError(
+            f"{samples_file}: no {RESULTS_FILE} beside it; reverify needs the evaluation's config "
+            "(environments and limits) that grpopp eval writes there"
+        )
+    job = EvalJob.model_validate(json.loads(results_file.read_text())["config"])
+    envs = build_envs(job)
+    report = ReverifyReport(0, [], Counter(), Counter())
+    for number, line in enumerate(samples_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            env = envs[record["env"]]
+            split: Split = record["split"]
+            task = env.task(int(record["index"]), split)
+            before = Reward.model_validate(record["reward"])
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"{samples_file}:{number}: not a grpopp eval sample ({type(exc).__name__}: {exc})"
+            ) from exc
+        if task.id != record["task_id"]:
+            raise ConfigError(
+                f"{samples_file}:{number}: task {record['task_id']} is now {task.id}: the environment's data changed"
+            )
+        (after,) = env.score_batch([task], [record["completion"]], [int(record["num_tokens"])], job.limits)
+        report.samples += 1
+        report.statuses[after.status] += 1
+        report.transitions[(before.status, after.status)] += 1
+        if before.status != after.status or not math.isclose(before.total, after.total, abs_tol=1e-9):
+            report.changes.append(
+                Change(number, task.id, int(record["sample"]), before.status, after.status, before.total, after.total)
+            )
+    return report
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in ("grpopp", "torch", "transformers", "math-verify", "vllm"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or inf: write null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,253 @@
+"""Evaluation of checkpoints with the verifiers and shaping that trained them.
+
+``evaluate_engine`` samples K completions for held-out tasks of each environment with a rollout
+engine (the same engines as training), scores them with ``Environment.score_batch`` (the same path
+as training rewards) and summarises per environment and overall:
+
+- ``avg@K``: mean accuracy over the K samples of each task, then over tasks.
+- ``pass@k`` for the asked k <= K: the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374,
+  sec. 2.1), 1 - C(n - c, k) / C(n, k) with n judged samples of which c are correct, computed as a
+  product so that no large binomial is formed.
+- ``maj@k``: the answer given most often among a task's first k judged samples (ties: the one seen
+  first) is the task's answer; it counts when that answer was judged correct. Only for environments
+  whose verifier reports the extracted answer (``VerifyResult.extracted``), as answers must be
+  comparable; a sample without an answer votes for "no answer", which is wrong.
+- mean completion length (tokens) and truncation rate, and the verifier statuses counted.
+
+Samples the verifier could not judge (timeout, error) are counted and reported, never scored as
+wrong: they leave n (a task whose judged samples fall below k gives no pass@k / maj@k value, and
+the count of such tasks is reported). 95% confidence intervals come from a percentile bootstrap over
+tasks (resampling tasks with replacement, ``bootstrap`` times, with a fixed seed).
+
+Held-out tasks: evaluation reads split "test" only, training split "train" only (``Mixture`` reads
+the train stream). The environment contract keeps the two disjoint for every seed: procedural
+environments draw each split from its own seed stream (env, seed, split, index), data environments
+read a separate file or a held-out slice chosen by a hash of the question. So no evaluated task can
+be in the training stream of the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from envs.base import Environment, Task
+from grpopp_trainer.batch import Group, score_groups
+from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
+from rewards.shaping import LengthLimits
+
+JUDGED = ("correct", "incorrect", "unparseable")
+STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")
+
+
+class EvalSettings(BaseModel):
+    """What an evaluation measures (``grpopp eval`` options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    samples: int = Field(1, ge=1)
+    """K: completions sampled per task."""
+
+    ks: tuple[int, ...] = ()
+    """The k of pass@k and maj@k (each <= samples); empty: 1, 2, 4, ... up to K, and K."""
+
+    bootstrap: int = Field(1000, ge=0)
+    """Bootstrap resamples for the 95% confidence intervals; 0 turns them off."""
+
+    seed: int = 0
+    """Seed of the sampler and of the bootstrap."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSettings:
+        bad = [k for k in self.ks if not 1 <= k <= self.samples]
+        if bad:
+            raise ValueError(f"ks: {bad} not within 1..samples={self.samples}; ask for k <= --samples")
+        return self
+
+    def resolved_ks(self) -> list[int]:
+        if self.ks:
+            return sorted(set(self.ks))
+        powers = [2**i for i in range(int(math.log2(self.samples)) + 1)]
+        return sorted({*powers, self.samples})
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one task with ``n`` judged samples, ``c`` of them correct (Chen et al. 2021).
+
+    1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n - c + 1}^{n} (1 - k / i); 1 when n - c < k (every
+    draw of k samples holds a correct one).
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n, got c={c}, n={n}")
+    if n - c < k:
+        return 1.0
+    all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        all_wrong *= 1.0 - k / i
+    return 1.0 - all_wrong
+
+
+def majority_correct(answers: Sequence[tuple[str | None, bool]]) -> bool:
+    """Whether the most frequent answer (ties: first seen) of (answer, correct) pairs is correct;
+    None (no answer found) is one more answer, and a wrong one."""
+    votes = Counter(answer for answer, _ in answers)
+    best = max(votes.values())
+    winner = next(answer for answer, _ in answers if votes[answer] == best)
+    if winner is None:
+        return False
+    verdicts = [correct for answer, correct in answers if answer == winner]
+    return sum(verdicts) * 2 > len(verdicts)  # the verifier is deterministic: they agree
+
+
+@dataclass
+class TaskOutcome:
+    """A task's K samples, as the metrics need them."""
+
+    env: str
+    task_id: str
+    statuses: list[str]
+    answers: list[tuple[str | None, bool]]
+    """(normalised extracted answer, correct) of each judged sample, in sample order."""
+    lengths: list[int]
+    truncated: list[bool]
+    has_answers: bool
+    """The verifier reported an extracted answer for some sample (maj@k is meaningful)."""
+
+    @property
+    def judged(self) -> int:
+        return len(self.answers)
+
+    @property
+    def correct(self) -> int:
+        return sum(correct for _, correct in self.answers)
+
+
+def task_outcome(group: Group) -> TaskOutcome:
+    statuses: list[str] = [s.reward.status for s in group.samples]
+    answers: list[tuple[str | None, bool]] = []
+    has_answers = False
+    for sample in group.samples:
+        verification = sample.reward.verification
+        if verification is None or verification.status not in JUDGED:
+            continue
+        extracted = None if verification.extracted is None else " ".join(verification.extracted.split())
+        has_answers |= extracted is not None
+        answers.append((extracted, verification.status == "correct"))
+    return TaskOutcome(
+        env=group.task.env,
+        task_id=group.task.id,
+        statuses=statuses,
+        answers=answers,
+        lengths=[len(s.completion.token_ids) for s in group.samples],
+        truncated=[s.truncated for s in group.samples],
+        has_answers=has_answers,
+    )
+
+
+@dataclass
+class Estimate:
+    value: float
+    ci95: tuple[float, float]
+    tasks: int
+    """Tasks that contributed (those with enough judged samples)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "ci95": list(self.ci95), "tasks": self.tasks}
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean of per-task ``values`` (resampling tasks)."""
+    if not values:
+        return (math.nan, math.nan)
+    data = np.asarray(values, dtype=np.float64)  # [N]
+    if resamples == 0 or len(data) == 1:
+        return (float(data.mean()), float(data.mean()))
+    rows = np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))  # [R, N]
+    means = data[rows].mean(axis=1)  # [R]
+    low, high = np.quantile(means, [0.025, 0.975])
+    return (float(low), float(high))
+
+
+def estimate(values: Sequence[float], settings: EvalSettings, salt: str) -> Estimate:
+    value = math.fsum(values) / len(values) if values else math.nan
+    seed = random.Random(f"{settings.seed}|{salt}").getrandbits(31)
+    return Estimate(value, bootstrap_ci(values, settings.bootstrap, seed), len(values))
+
+
+def summarise(outcomes: Sequence[TaskOutcome], settings: EvalSettings, salt: str = "") -> dict[str, Any]:
+    """Metrics of a set of tasks: avg@K, pass@k, maj@k with 95% CIs, length, truncation, statuses."""
+    ks = settings.resolved_ks()
+    metrics: dict[str, Estimate] = {}
+    judged = [o for o in outcomes if o.judged]
+    metrics[f"avg@{settings.samples}"] = estimate([o.correct / o.judged for o in judged], settings, f"{salt}avg")
+    for k in ks:
+        eligible = [o for o in outcomes if o.judged >= k]
+        metrics[f"pass@{k}"] = estimate([pass_at_k(o.judged, o.correct, k) for o in eligible], settings, f"{salt}p{k}")
+    comparable = [o for o in outcomes if o.has_answers]
+    if comparable:
+        for k in ks:
+            eligible = [o for o in comparable if o.judged >= k]
+            votes = [float(majority_correct(o.answers[:k])) for o in eligible]
+            metrics[f"maj@{k}"] = estimate(votes, settings, f"{salt}m{k}")
+    lengths = [length for o in outcomes for length in o.lengths]
+    truncated = [t for o in outcomes for t in o.truncated]
+    statuses = Counter(status for o in outcomes for status in o.statuses)
+    return {
+        "tasks": len(outcomes),
+        "samples_per_task": settings.samples,
+        "metrics": {name: est.to_json() for name, est in metrics.items()},
+        "tasks_without_enough_judged_samples": {
+            f"k={k}": sum(o.judged < k for o in outcomes) for k in sorted({*ks, settings.samples})
+        },
+        "length_mean": math.fsum(lengths) / len(lengths) if lengths else math.nan,
+        "truncated": sum(truncated) / len(truncated) if truncated else math.nan,
+        "statuses": {status: statuses.get(status, 0) for status in STATUSES},
+    }
+
+
+@dataclass
+class EvalRun:
+    """Everything one checkpoint's evaluation produced."""
+
+    groups: list[Group] = field(default_factory=list)
+    per_env: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overall: dict[str, Any] = field(default_factory=dict)
+
+
+def held_out_tasks(env: Environment[Any], count: int) -> list[Task]:
+    """The first ``count`` tasks of the test split (all of them when it has fewer)."""
+    size = env.num_tasks("test")
+    return [env.task(i, "test") for i in range(count if size is None else min(size, count))]
+
+
+def evaluate_engine(
+    engine: RolloutEngine,
+    envs: dict[str, Environment[Any]],
+    tasks_per_env: dict[str, int],
+    params: SamplingParams,
+    limits: LengthLimits,
+    settings: EvalSettings,
+) -> EvalRun:
+    """Steps: 1. held-out tasks of each environment; 2. K completions each with ``engine``;
+    3. rewards through ``score_batch`` (training's path); 4. metrics per environment and overall."""
+    run = EvalRun()
+    outcomes: list[TaskOutcome] = []
+    for name, env in envs.items():
+        tasks = held_out_tasks(env, tasks_per_env[name])  # 1.
+        completions = engine.generate([t.prompt for t in tasks], params, n=settings.samples)  # 2.
+        groups = score_groups(tasks, completions, {name: env}, limits)  # 3.
+        env_outcomes = [task_outcome(g) for g in groups]
+        run.groups += groups
+        run.per_env[name] = summarise(env_outcomes, settings, salt=f"{name}|")  # 4.
+        outcomes += env_outcomes
+    run.overall = summarise(outcomes, settings, salt="overall|")
+    return run

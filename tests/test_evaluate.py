@@ -1,0 +1,234 @@
+"""``grpopp eval``: pass@k, maj@k and intervals against hand-computed values; whole evaluations of
+the built-in tiny model (a quick build) and of a run directory, checked against an independent
+recount of samples.jsonl; ``reverify``."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.eval_job import parse_eval_env, resolve_targets
+from grpopp_trainer.evaluate import (
+    EvalSettings,
+    TaskOutcome,
+    bootstrap_ci,
+    majority_correct,
+    pass_at_k,
+    summarise,
+)
+from grpopp_trainer.tiny import TinyModelConfig, load_or_create_tiny_model
+
+GRPOPP = str(Path(sys.executable).with_name("grpopp"))
+PLUGIN = str(Path(__file__).parent / "plugins" / "coin_env.py")
+QUICK = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, sft_steps=3, eval_tasks=4)
+
+
+# ----------------------------------------------------------------------------- pass@k, maj@k, intervals
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (5, 0, 1, 0.0),  # c = 0: never
+        (5, 0, 5, 0.0),
+        (5, 5, 1, 1.0),  # c = n: always
+        (5, 5, 5, 1.0),
+        (4, 1, 4, 1.0),  # k = n: the one correct sample is always drawn
+        (4, 1, 1, 0.25),  # pass@1 = c / n
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (5, 2, 3, 0.9),  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+        (10, 3, 8, 1.0),  # n - c = 7 < 8
+    ],
+)
+def test_pass_at_k_hand_computed(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_equals_the_binomial_formula_everywhere():
+    for n in range(1, 13):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                binomial = 1.0 - math.comb(n - c, k) / math.comb(n, k)
+                assert pass_at_k(n, c, k) == pytest.approx(binomial, abs=1e-12), (n, c, k)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(3, 1, 0), (3, 1, 4), (3, 4, 1), (3, -1, 1)])
+def test_pass_at_k_refuses_impossible_arguments(n, c, k):
+    with pytest.raises(ValueError, match="pass@k needs"):
+        pass_at_k(n, c, k)
+
+
+def test_majority_vote_ties_go_to_the_first_answer_and_no_answer_is_wrong():
+    assert majority_correct([("3", False), ("4", True), ("4", True)])
+    assert not majority_correct([("3", False), ("4", True)])  # tie: "3" was first
+    assert majority_correct([("4", True), ("3", False)])
+    assert not majority_correct([(None, False), (None, False), ("4", True)])
+
+
+def outcome(correct: list[bool | None], answers: list[str | None] | None = None, env: str = "e") -> TaskOutcome:
+    """None in ``correct`` is a sample the verifier could not judge (timeout)."""
+    answers = answers or [None if c is None else str(int(c)) for c in correct]
+    statuses = ["timeout" if c is None else "correct" if c else "incorrect" for c in correct]
+    return TaskOutcome(
+        env=env,
+        task_id=f"{env}/test/{id(correct)}",
+        statuses=statuses,
+        answers=[(a, c) for a, c in zip(answers, correct, strict=True) if c is not None],
+        lengths=[2] * len(correct),
+        truncated=[False] * len(correct),
+        has_answers=True,
+    )
+
+
+def test_summary_of_hand_made_tasks():
+    tasks = [
+        outcome([True, True, False, False]),  # c=2 of 4
+        outcome([False, False, False, False]),  # c=0
+        outcome([True, None, None, True]),  # two timeouts: n=2, c=2; no pass@4
+        outcome([True, False, True, True]),  # c=3
+    ]
+    summary = summarise(tasks, EvalSettings(samples=4, bootstrap=200))
+    metrics = {name: m["value"] for name, m in summary["metrics"].items()}
+    assert metrics["avg@4"] == pytest.approx((0.5 + 0 + 1 + 0.75) / 4)
+    assert metrics["pass@1"] == pytest.approx((0.5 + 0 + 1 + 0.75) / 4)
+    # pass@2: 1 - C(2,2)/C(4,2) = 5/6; 0; n=2,c=2 -> 1; 1 - C(1,2)/C(4,2) = 1
+    assert metrics["pass@2"] == pytest.approx((5 / 6 + 0 + 1 + 1) / 4)
+    assert metrics["pass@4"] == pytest.approx((1 + 0 + 1) / 3)  # the task with 2 judged samples is left out
+    assert summary["metrics"]["pass@4"]["tasks"] == 3
+    # maj@2 over the first two judged answers: "1","1" -> right; "0","0" -> wrong; "1","1"; "1","0" -> tie, "1"
+    assert metrics["maj@2"] == pytest.approx(3 / 4)
+    assert summary["statuses"] == {"correct": 7, "incorrect": 7, "unparseable": 0, "timeout": 2, "error": 0}
+    assert summary["tasks_without_enough_judged_samples"] == {"k=1": 0, "k=2": 0, "k=4": 1}
+    for metric in summary["metrics"].values():
+        low, high = metric["ci95"]
+        assert low <= metric["value"] <= high
+
+
+def test_timeouts_are_never_counted_as_wrong():
+    judged_only = summarise([outcome([True, False])], EvalSettings(samples=2, bootstrap=0))
+    with_timeouts = summarise([outcome([True, None, False, None])], EvalSettings(samples=4, bootstrap=0))
+    assert with_timeouts["metrics"]["avg@4"]["value"] == judged_only["metrics"]["avg@2"]["value"] == 0.5
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
+    values = [float(i % 3 == 0) for i in range(60)]
+    low, high = bootstrap_ci(values, 2000, seed=1)
+    mean = sum(values) / len(values)
+    assert low < mean < high
+    # The normal approximation of the same interval: mean +- 1.96 sqrt(p(1-p)/n) = 0.333 +- 0.119.
+    assert low == pytest.approx(mean - 0.119, abs=0.03) and high == pytest.approx(mean + 0.119, abs=0.03)
+    assert bootstrap_ci(values, 2000, seed=1) == (low, high)
+    assert bootstrap_ci([0.5] * 10, 100, seed=0) == (0.5, 0.5)
+    assert math.isnan(bootstrap_ci([], 100, seed=0)[0])
+
+
+def test_default_ks_and_bad_ks():
+    assert EvalSettings(samples=1).resolved_ks() == [1]
+    assert EvalSettings(samples=6).resolved_ks() == [1, 2, 4, 6]
+    assert EvalSettings(samples=8, ks=(8, 3)).resolved_ks() == [3, 8]
+    with pytest.raises(ValueError, match="ask for k <= --samples"):
+        EvalSettings(samples=4, ks=(5,))
+
+
+def test_env_arguments_and_checkpoint_choice_errors(tmp_path):
+    assert parse_eval_env("arithmetic:40", 100) == ("arithmetic", 40)
+    assert parse_eval_env("reasoning_gym:chain_sum", 100) == ("reasoning_gym:chain_sum", 100)
+    assert parse_eval_env("reasoning_gym:chain_sum:7", 100) == ("reasoning_gym:chain_sum", 7)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"steps": 1}))
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        resolve_targets([str(run)], "last")
+
+
+# ----------------------------------------------------------------------------- whole evaluations
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """The built-in tiny model (architecture, tokenizer, warm start), built quickly into a test cache."""
+    return load_or_create_tiny_model(tmp_path_factory.mktemp("cache"), QUICK, log=lambda _: None)
+
+
+def grpopp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRPOPP, *args], capture_output=True, text=True, timeout=300)
+
+
+def recount(samples: list[dict], k: int) -> tuple[float, float]:
+    """avg and pass@k from samples.jsonl, with the binomial formula: a second computation."""
+    by_task: dict[str, list[bool]] = {}
+    for record in samples:
+        by_task.setdefault(record["task_id"], []).append(record["reward"]["status"] == "correct")
+    avg = sum(sum(v) / len(v) for v in by_task.values()) / len(by_task)
+    passk = [1 - math.comb(len(v) - sum(v), k) / math.comb(len(v), k) for v in by_task.values()]
+    return avg, sum(passk) / len(passk)
+
+
+def test_eval_of_the_tiny_model_and_reverify(tiny_model, tmp_path):
+    out = tmp_path / "eval"
+    done = grpopp("eval", str(tiny_model), "--env", "arithmetic:20", "--samples", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "avg@3" in done.stdout and "pass@2" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 60 and {s["split"] for s in samples} == {"test"}
+    assert results["config"]["envs"][0]["config"]["max_operand"] == 49  # the recipe's env options
+    (point,) = results["checkpoints"]
+    metrics = point["envs"]["arithmetic"]["metrics"]
+    assert sorted(metrics) == ["avg@3", "maj@1", "maj@2", "maj@3", "pass@1", "pass@2", "pass@3"]
+    avg, pass2 = recount(samples, 2)
+    assert metrics["avg@3"]["value"] == pytest.approx(avg, abs=1e-12)
+    assert metrics["pass@2"]["value"] == pytest.approx(pass2, abs=1e-12)
+    for metric in metrics.values():
+        assert metric["ci95"][0] <= metric["value"] <= metric["ci95"][1]
+    assert point["overall"]["metrics"]["avg@3"]["value"] == pytest.approx(avg, abs=1e-12)
+
+    same = grpopp("eval", "reverify", str(out / "samples.jsonl"))
+    assert same.returncode == 0, same.stderr
+    assert "re-verified 60 samples: 0 changed" in same.stdout
+    # A stored verdict that the current verifier does not give is reported.
+    verdict = samples[0]["reward"]["status"]
+    stored = "incorrect" if verdict == "correct" else "correct"
+    samples[0]["reward"]["status"] = stored
+    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    changed = grpopp("eval", "reverify", str(out / "samples.jsonl"))
+    assert changed.returncode == 0, changed.stderr
+    assert "re-verified 60 samples: 1 changed" in changed.stdout
+    assert f"line 1: {samples[0]['task_id']} sample 0: {stored} -> {verdict}" in changed.stdout
+
+
+def test_eval_of_a_run_directory_takes_its_checkpoints_and_config(tiny_model, tmp_path):
+    run = tmp_path / "run"
+    trained = grpopp(
+        "train", "--plugin", PLUGIN, "--env", "coin", "--model", str(tiny_model), "--steps", "2",
+        "--run-dir", str(run), "--set", "checkpoint.every=1", "--set", "checkpoint.keep_last=5",
+        "--set", "batch.prompts_per_step=4", "--set", "rollout.completions_per_prompt=2",
+        "--set", "rollout.max_new_tokens=3", "--set", "eval.tasks_per_env=4", "--set", "logging.progress=false",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    done = grpopp("eval", str(run), "--plugin", PLUGIN, "--checkpoints", "all", "--tasks", "6", "--samples", "2")
+    assert done.returncode == 0, done.stderr
+    (folder,) = (run / "evals").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    assert [p["step"] for p in results["checkpoints"]] == [1, 2]
+    assert results["config"]["sampling"]["max_new_tokens"] == 3  # the run's rollout settings
+    assert [e["name"] for e in results["config"]["envs"]] == ["coin"]
+    assert all(p["envs"]["coin"]["tasks"] == 6 for p in results["checkpoints"])
+
+
+def test_eval_errors_are_named(tiny_model, tmp_path):
+    greedy = grpopp("eval", str(tiny_model), "--greedy", "--samples", "2", "--out", str(tmp_path / "a"))
+    assert greedy.returncode != 0 and "--greedy gives one answer per task" in greedy.stderr + greedy.stdout
+    bad_k = grpopp("eval", str(tiny_model), "--samples", "2", "--k", "3")
+    assert bad_k.returncode != 0 and "ask for k <= --samples" in bad_k.stderr + bad_k.stdout
+    (tmp_path / "lonely.jsonl").write_text("{}\n")
+    lonely = grpopp("eval", "reverify", str(tmp_path / "lonely.jsonl"))
+    assert lonely.returncode != 0 and "no results.json beside it" in lonely.stderr + lonely.stdout
