@@ -25,7 +25,7 @@ from __future__ import annotations
 import gc
 import json
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -36,7 +36,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.base import Environment, Split
+from envs.base import Environment, Split, Task
 from envs.mixture import parse_env_arg
 from envs.registry import make_env
 from grpopp_trainer import checkpoint as ckpt
@@ -192,7 +192,13 @@ def run_eval(targets: list[str], which: str, job_for: Any, out: Path | None) -> 
         envs = build_envs(job)
         run = evaluate_engine(engine, envs, {e.name: e.tasks for e in job.envs}, job.sampling, job.limits, job.settings)
         results["checkpoints"].append(
-            {"checkpoint": point.path, "step": point.step, "envs": run.per_env, "overall": run.overall}
+            {
+                "checkpoint": point.path,
+                "step": point.step,
+                "envs": run.per_env,
+                "overall": run.overall,
+                "config": json.loads(job.model_dump_json()),  # targets may differ (e.g. two runs)
+            }
         )
         _append_samples(samples_path, point, run)
         del engine, model
@@ -247,24 +253,29 @@ class ReverifyReport:
 
 def reverify(samples_file: Path) -> ReverifyReport:
     """Score the completions of ``samples_file`` again with the current verifiers and shaping (the
-    environments and limits of the results.json beside it); report what changed."""
+    environments and limits of the results.json beside it, per checkpoint); report what changed.
+    Completions are scored in one batch per environment, as in training."""
     results_file = samples_file.parent / RESULTS_FILE
     if not results_file.is_file():
         raise ConfigError(
             f"{samples_file}: no {RESULTS_FILE} beside it; reverify needs the evaluation's config "
             "(environments and limits) that grpopp eval writes there"
         )
-    job = EvalJob.model_validate(json.loads(results_file.read_text())["config"])
-    envs = build_envs(job)
-    report = ReverifyReport(0, [], Counter(), Counter())
+    results = json.loads(results_file.read_text())
+    jobs = {point["checkpoint"]: EvalJob.model_validate(point["config"]) for point in results["checkpoints"]}
+    built: dict[str, tuple[EvalJob, dict[str, Environment[Any]]]] = {}  # job JSON -> (job, its environments)
+    batches: dict[tuple[str, str], list[tuple[int, dict[str, Any], Task, Reward]]] = defaultdict(list)
     for number, line in enumerate(samples_file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            env = envs[record["env"]]
+            job = jobs[record["checkpoint"]]
+            key = job.model_dump_json()
+            if key not in built:
+                built[key] = (job, build_envs(job))
             split: Split = record["split"]
-            task = env.task(int(record["index"]), split)
+            task = built[key][1][record["env"]].task(int(record["index"]), split)
             before = Reward.model_validate(record["reward"])
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             raise ConfigError(
@@ -274,14 +285,26 @@ def reverify(samples_file: Path) -> ReverifyReport:
             raise ConfigError(
                 f"{samples_file}:{number}: task {record['task_id']} is now {task.id}: the environment's data changed"
             )
-        (after,) = env.score_batch([task], [record["completion"]], [int(record["num_tokens"])], job.limits)
-        report.samples += 1
-        report.statuses[after.status] += 1
-        report.transitions[(before.status, after.status)] += 1
-        if before.status != after.status or not math.isclose(before.total, after.total, abs_tol=1e-9):
-            report.changes.append(
-                Change(number, task.id, int(record["sample"]), before.status, after.status, before.total, after.total)
-            )
+        batches[(key, record["env"])].append((number, record, task, before))
+    report = ReverifyReport(0, [], Counter(), Counter())
+    for (key, env_name), items in batches.items():
+        job, envs = built[key]
+        rescored = envs[env_name].score_batch(
+            [task for _, _, task, _ in items],
+            [record["completion"] for _, record, _, _ in items],
+            [int(record["num_tokens"]) for _, record, _, _ in items],
+            job.limits,
+        )
+        for (number, record, task, before), after in zip(items, rescored, strict=True):
+            report.samples += 1
+            report.statuses[after.status] += 1
+            report.transitions[(before.status, after.status)] += 1
+            if before.status != after.status or not math.isclose(before.total, after.total, abs_tol=1e-9):
+                change = Change(
+                    number, task.id, int(record["sample"]), before.status, after.status, before.total, after.total
+                )
+                report.changes.append(change)
+    report.changes.sort(key=lambda change: change.line)
     return report
 
 
