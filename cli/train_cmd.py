@@ -15,6 +15,7 @@ from envs.mixture import build_mixture
 from envs.registry import RegistryError
 from grpopp_trainer.config import RECIPES, TrainConfig, load_train_config
 from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.distributed import close_distributed
 
 console = Console()
 
@@ -65,6 +66,8 @@ def train_command(
         train(resolved, resume=resume, console=console, mixture=mixture)
     except ConfigError as error:
         raise fail(str(error)) from None
+    finally:
+        close_distributed()  # under torchrun: leave the process group cleanly
 
 
 def _print_resolved(config: TrainConfig) -> None:

@@ -18,15 +18,27 @@ the prompt's share of the forward and backward work.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpopp_trainer.config import OptimConfig
+from grpopp_trainer.distributed import SINGLE, DistInfo
 from grpopp_trainer.rollout.base import distinct_rows
 
 
@@ -162,16 +174,26 @@ class Policy:
         optim: OptimConfig,
         total_optimizer_steps: int,
         device: torch.device,
+        dist_info: DistInfo = SINGLE,
     ) -> None:
+        """With ``dist_info.enabled`` the model is sharded with FSDP2 (``fully_shard``): each decoder
+        layer, then the root. Gradients are summed across ranks, not averaged: the loss of every
+        rank is already divided by the global ``num_items``, so the sum is the single-process gradient."""
         torch.nn.Module.to(model, device)  # transformers wraps .to() in a decorator mypy cannot read
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.optim_config = optim
+        self.dist = dist_info
+        if dist_info.enabled:
+            shard_model(model)
         parameters = [p for p in model.parameters() if p.requires_grad]
         # One fused kernel for all parameters where torch has it (CPU and CUDA): the same AdamW update,
-        # a few times faster than the per-tensor loop on small models.
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
+        # a few times faster than the per-tensor loop on small models. Sharded (DTensor) parameters take
+        # torch's default implementation.
+        fused = not dist_info.enabled and all(
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters
+        )
         self.optimizer = torch.optim.AdamW(
             parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, fused=fused or None
         )
@@ -202,9 +224,11 @@ class Policy:
 
     def step(self) -> tuple[float, bool]:
         """Clip gradients and take an optimizer step; return (grad norm, applied). A non-finite
-        gradient norm skips the step (the gradients are dropped, never applied)."""
+        gradient norm skips the step (the gradients are dropped, never applied). Sharded: the norm
+        is the global one (of the DTensor gradients), the same on every rank."""
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.optim_config.max_grad_norm))
+        total = torch.nn.utils.clip_grad_norm_(parameters, self.optim_config.max_grad_norm)
+        norm = float(total.full_tensor() if isinstance(total, DTensor) else total)
         applied = math.isfinite(norm)
         if applied:
             self.optimizer.step()
@@ -215,14 +239,80 @@ class Policy:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        """The optimizer's state with parameters named by their fully qualified names, whole (not
+        sharded): the same format from any number of ranks, so a run resumes on another world size.
+        Sharded: a collective, every rank must call it."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {"optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Load ``state_dict()``'s output (every rank reads the whole state and keeps its shard)."""
+        options = StateDictOptions(full_state_dict=self.dist.enabled)
+        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optimizer"], options=options)
 
-    def save_pretrained(self, path: Path) -> None:
-        self.model.save_pretrained(path)
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's parameters on the CPU (gathered from the shards; a collective)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.model, options=options)
+        return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
+
+    def save_pretrained(self, path: Path, full_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Hugging Face format, loadable by a single process. Sharded: pass ``full_model_state()``
+        (gathered by every rank); only the caller writes."""
+        if not self.dist.enabled:
+            self.model.save_pretrained(path)
+        else:
+            if full_state is None:
+                raise ValueError("a sharded policy saves the gathered full_model_state(); pass it")
+            plain = _unwrapped_class(self.model)
+            self.model.save_pretrained(path, state_dict=full_state)
+            config_file = path / "config.json"  # FSDP renamed the class ("FSDP" + name): restore it
+            config = json.loads(config_file.read_text())
+            config["architectures"] = [plain.__name__]
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self.tokenizer.save_pretrained(path)
+
+    @contextmanager
+    def full_parameters(self) -> Iterator[None]:
+        """Unsharded parameters on every rank for generation and evaluation, without collectives in
+        the forward passes (ranks decode different lengths); resharded afterwards. Nothing to do on a
+        single process."""
+        if not self.dist.enabled:
+            yield
+            return
+        fsdp_modules = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        for module in fsdp_modules:
+            module.set_reshard_after_forward(False, recurse=False)
+        for module in fsdp_modules:
+            module.unshard()
+        try:
+            yield
+        finally:
+            for module in fsdp_modules:
+                module.reshard()
+                module.set_reshard_after_forward(True, recurse=False)
+
+
+def shard_model(model: PreTrainedModel) -> None:
+    """FSDP2: each decoder layer (transformers' ``_no_split_modules`` names them), then the root."""
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} names no decoder layer class in _no_split_modules; FSDP needs one to shard"
+        )
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    for module in model.modules():  # each layer is its own FSDP group: set every one
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # sum across ranks: each loss is over the global num_items
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+
+
+def _unwrapped_class(model: torch.nn.Module) -> type:
+    """The model's own class under FSDP2's dynamic subclass."""
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule) and c.__name__ in type(model).__name__)
 
 
 def _lr_factor(step: int, optim: OptimConfig, total: int) -> float:

@@ -29,7 +29,8 @@ from envs.mixture import Mixture
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.config import ModelConfig, TrainConfig
 from grpopp_trainer.config_tools import ConfigError, validate_config
-from grpopp_trainer.policy import Policy
+from grpopp_trainer.distributed import barrier, broadcast_object, init_distributed
+from grpopp_trainer.policy import Policy, shard_model
 from grpopp_trainer.rollout.base import RolloutEngine
 from grpopp_trainer.trainer import Trainer, make_reference
 
@@ -123,8 +124,11 @@ def train(
     be None then). ``stop_after`` ends it after that many steps, as a kill would (tests). ``mixture``:
     the environments of ``config.envs`` if the caller built them already (the CLI does, to check
     them before anything is loaded)."""
-    console = console or Console()
     started = time.perf_counter()
+    dist_info, device = init_distributed(config.device if config is not None else "auto")
+    # Only rank 0 prints and writes; every rank trains.
+    console = console or Console()
+    console = console if dist_info.is_main else Console(quiet=True)
     if resume is not None:
         if config is not None:
             raise ConfigError("a resumed run uses the config saved in its run directory; pass config=None")
@@ -133,17 +137,21 @@ def train(
     elif config is None:
         raise ConfigError("give a TrainConfig, or a run directory to resume")
     else:
-        run_dir, checkpoint = new_run_dir(config), None
+        run_dir, checkpoint = broadcast_object(dist_info, new_run_dir(config)), None  # rank 0's clock
         if ckpt.latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
             raise ConfigError(
                 f"{run_dir} already holds a run: resume it with --resume {run_dir}, or pick another run_dir"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        barrier(dist_info)  # every rank has looked before rank 0 writes
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if dist_info.enabled and config.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine='vllm' under torchrun is not supported yet; use rollout.engine=hf")
+    device = device if dist_info.enabled else resolve_device(config.device)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    _print_summary(console, config, run_dir, device, checkpoint)
+    _print_summary(console, config, run_dir, device, checkpoint, dist_info.world_size)
 
     source = model_source(config.model, str(checkpoint) if checkpoint else None)
     model, tokenizer = load_model(config.model, source)
@@ -152,8 +160,10 @@ def train(
         initial, _ = load_model(config.model) if checkpoint else (model, tokenizer)
         reference = make_reference(initial)
         torch.nn.Module.to(reference, device)
+        if dist_info.enabled:
+            shard_model(reference)
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
-    policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device)
+    policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info)
     engine = make_engine(config, policy.model, tokenizer, source)
     trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
     if checkpoint is not None:
@@ -238,13 +248,19 @@ def _load_resume(run_dir: Path) -> tuple[TrainConfig, Path]:
 
 
 def _print_summary(
-    console: Console, config: TrainConfig, run_dir: Path, device: torch.device, checkpoint: Path | None
+    console: Console,
+    config: TrainConfig,
+    run_dir: Path,
+    device: torch.device,
+    checkpoint: Path | None,
+    world_size: int = 1,
 ) -> None:
     table = Table(title="grpopp train", show_header=False)
     rows: list[tuple[str, Any]] = [
         ("run dir", run_dir),
         ("model", config.model.name_or_path),
         ("device", device),
+        ("processes", f"{world_size} (FSDP2)" if world_size > 1 else "1"),
         ("algorithm", config.algorithm.name),
         ("environments", ", ".join(f"{e.name} (w={e.weight:g})" for e in config.envs)),
         ("steps", config.steps),

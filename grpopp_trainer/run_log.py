@@ -26,7 +26,9 @@ WANDB_ID_FILE = "wandb_run_id"
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, config: LoggingConfig, run_config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: LoggingConfig, run_config: dict[str, Any], enabled: bool = True) -> None:
+        """``enabled=False`` writes nothing (ranks other than 0 of a multi-process run)."""
+        self.enabled = enabled
         self.run_dir = run_dir
         self.config = config
         self.run_config = run_config
@@ -62,6 +64,8 @@ class RunLog:
             )
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         if not self._writers_open:
             self._open_writers(step)
         self._append("metrics.jsonl", {"step": step, **{k: _clean(v) for k, v in values.items()}})
@@ -72,10 +76,14 @@ class RunLog:
             self._wandb.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
 
     def samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
         for record in records:
             self._append("samples.jsonl", {"step": step, **record})
 
     def eval(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         self._append("eval.jsonl", {"step": step, **values})
         self.metrics(step, {f"eval/{k}": v for k, v in values.items()})
 

@@ -41,6 +41,7 @@ from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.advantages import compute_advantages
 from grpopp_trainer.batch import CollectStats, Group, TrainTensors, pad, score_groups, to_tensors
 from grpopp_trainer.config import TrainConfig
+from grpopp_trainer.distributed import barrier, gather_objects
 from grpopp_trainer.evaluate import EvalSettings, evaluate_engine
 from grpopp_trainer.losses import policy_loss
 from grpopp_trainer.policy import Policy, completion_logprobs
@@ -80,7 +81,8 @@ class Trainer:
         self.limits: LengthLimits = config.algorithm.length_limits(config.rollout.max_new_tokens)
         self.step = 0
         self.skipped_updates = 0
-        self.log = RunLog(run_dir, config.logging, config.model_dump(mode="json"))
+        self.dist = policy.dist
+        self.log = RunLog(run_dir, config.logging, config.model_dump(mode="json"), enabled=self.dist.is_main)
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -128,15 +130,25 @@ class Trainer:
         return kept[:needed], stats
 
     def _generate_and_score(self, tasks: list[Task], params: SamplingParams, stats: CollectStats) -> list[Group]:
+        """Generate and score ``tasks``; with several ranks each takes tasks rank, rank + world, ...
+        (whole groups, its own sampling seed) and the scored groups are gathered in task order."""
+        rank, world = self.dist.rank, self.dist.world_size
+        mine = tasks[rank::world]
+        if self.dist.enabled and params.seed is not None:
+            params = params.model_copy(update={"seed": params.seed + rank})
         started = time.perf_counter()
-        completions = self.engine.generate(
-            [t.prompt for t in tasks], params, n=self.config.rollout.completions_per_prompt
-        )
+        with self.policy.full_parameters():
+            completions = self.engine.generate(
+                [t.prompt for t in mine], params, n=self.config.rollout.completions_per_prompt
+            )
         stats.generation_seconds += time.perf_counter() - started
-        stats.generated_tokens += sum(len(c.token_ids) for group in completions for c in group)
         started = time.perf_counter()
-        groups = score_groups(tasks, completions, self.envs, self.limits)
+        groups = score_groups(mine, completions, self.envs, self.limits)
         stats.scoring_seconds += time.perf_counter() - started
+        if self.dist.enabled:
+            shares = gather_objects(self.dist, groups)  # shares[q][j] is task q + j * world
+            groups = [shares[i % world][i // world] for i in range(len(tasks))]
+        stats.generated_tokens += sum(len(s.completion.token_ids) for group in groups for s in group.samples)
         return groups
 
     def update(self, tensors: TrainTensors, advantages: torch.Tensor) -> dict[str, float]:
@@ -190,9 +202,19 @@ class Trainer:
             return {"skipped_update": 1.0, "lr": lr}
         stats = _MetricAccumulator()
         tokens = 0
+        size, group_size, world = cfg.batch.micro_batch_size, cfg.rollout.completions_per_prompt, self.dist.world_size
         active = self._rows_with_gradient(tensors, advantages, rows)
-        for start in range(0, len(active), cfg.batch.micro_batch_size):
-            micro = active[start : start + cfg.batch.micro_batch_size]
+        # With several ranks each trains on the groups g with g % world == rank, and every rank runs
+        # the same number of passes (FSDP's collectives must match), padded with passes whose loss is
+        # multiplied by 0. One rank alone trains on all of them.
+        shares = [[r for r in active if (r // group_size) % world == q] for q in range(world)]
+        passes = max(math.ceil(len(share) / size) for share in shares)
+        mine = shares[self.dist.rank]
+        finite = True
+        for index in range(passes):
+            micro, weight = mine[index * size : (index + 1) * size], 1.0
+            if not micro:
+                micro, weight = active[:1], 0.0  # padding pass: no contribution to the gradient
             batch = self.policy.token_batch(
                 [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
             )
@@ -201,7 +223,7 @@ class Trainer:
                 batch,
                 cfg.rollout.temperature,
                 with_entropy=True,
-                share_prompts=cfg.batch.share_prompts,
+                share_prompts=self._share_prompts,
             )
             mask = batch.completion_mask  # [b, T]; every row here is trained
             length = batch.completion_length
@@ -215,15 +237,22 @@ class Trainer:
                 ref_logprobs=None if reference is None else pad([reference[r] for r in micro], length, logprobs.device),
                 num_items=num_items,
             )
-            if not torch.isfinite(out.loss):
-                self.policy.zero_grad()
-                self.skipped_updates += 1
-                return {"skipped_update": 1.0, "lr": lr}
-            out.loss.backward()
+            (out.loss * weight).backward()
+            if weight == 0.0:
+                continue
+            finite = finite and bool(torch.isfinite(out.loss))
             micro_tokens = int(mask.sum())
             tokens += micro_tokens
             entropy_mean = float((entropy * mask).sum() / mask.sum()) if entropy is not None else math.nan
             stats.add({**out.metrics, "entropy": entropy_mean}, weight=micro_tokens)
+        if self.dist.enabled:  # every rank decides alike, and reports the whole mini-batch
+            finite = all(gather_objects(self.dist, finite))
+            tokens = sum(gather_objects(self.dist, tokens))
+            stats = _MetricAccumulator.merged(gather_objects(self.dist, stats))
+        if not finite:  # a non-finite loss: the gradients are dropped, the step skipped and counted
+            self.policy.zero_grad()
+            self.skipped_updates += 1
+            return {"skipped_update": 1.0, "lr": lr}
         grad_norm, applied = self.policy.step()
         if not applied:
             self.skipped_updates += 1
@@ -232,6 +261,13 @@ class Trainer:
             {"grad_norm": grad_norm, "skipped_update": 0.0 if applied else 1.0, "train_tokens": tokens, "lr": lr}
         )
         return summary
+
+    @property
+    def _share_prompts(self) -> bool:
+        """Shared-prompt passes, except under FSDP: there every forward pass is a collective, and the
+        shared path's number of passes depends on the micro-batch (one when every completion is a
+        single token), so ranks could disagree; the flat path is one pass everywhere."""
+        return self.config.batch.share_prompts and not self.dist.enabled
 
     def _rows_with_gradient(self, tensors: TrainTensors, advantages: torch.Tensor, rows: list[int]) -> list[int]:
         """The trained rows whose forward and backward passes can change the update.
@@ -261,7 +297,7 @@ class Trainer:
                     [tensors.prompts[r] for r in rows], [tensors.completions[r] for r in rows]
                 )
                 logprobs, _ = completion_logprobs(
-                    model, batch, self.config.rollout.temperature, share_prompts=self.config.batch.share_prompts
+                    model, batch, self.config.rollout.temperature, share_prompts=self._share_prompts
                 )
                 out.extend(logprobs[i, : len(tensors.completions[r])].detach() for i, r in enumerate(rows))
         return out
@@ -281,7 +317,8 @@ class Trainer:
             seed=cfg.seed,
         )
         tasks = dict.fromkeys(self.envs, cfg.eval.tasks_per_env)
-        run = evaluate_engine(self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0))
+        with self.policy.full_parameters():  # every rank evaluates alike; rank 0 logs
+            run = evaluate_engine(self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0))
         results: dict[str, float] = {}
         for name, summary in run.per_env.items():
             results[f"{name}/accuracy"] = summary["metrics"]["avg@1"]["value"]
@@ -327,16 +364,28 @@ class Trainer:
         metrics.update({k: v for k, v in update.items() if k != "train_tokens"})
         return metrics
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; every rank takes part in gathering the shards). Returns its path
+        on rank 0, None on the others."""
         state = {
             "step": self.step,
             "policy": self.policy.state_dict(),
             "mixture": self.mixture.state_dict(),
             "skipped_updates": self.skipped_updates,
+            "world_size": self.dist.world_size,
         }
-        return ckpt.save_checkpoint(
-            self.run_dir, self.step, self.policy.save_pretrained, state, self.config.checkpoint.keep_last
-        )
+        full = self.policy.full_model_state() if self.dist.enabled else None
+        path = None
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self.step,
+                lambda folder: self.policy.save_pretrained(folder, full),
+                state,
+                self.config.checkpoint.keep_last,
+            )
+        barrier(self.dist)
+        return path
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint`` (its model weights must already be in the policy)."""
@@ -346,8 +395,10 @@ class Trainer:
         self.mixture.load_state_dict(state["mixture"])
         self.skipped_updates = int(state["skipped_updates"])
         ckpt.restore_rng(state["rng"])
-        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
-            truncate_log(self.run_dir, name, self.step)
+        if self.dist.is_main:
+            for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
+                truncate_log(self.run_dir, name, self.step)
+        barrier(self.dist)
 
     def sample_records(self, groups: list[Group]) -> list[dict[str, Any]]:
         records = []
@@ -406,6 +457,19 @@ class _MetricAccumulator:
             else:
                 self.sums[key] += value * weight
                 self.weights[key] += weight
+
+    @classmethod
+    def merged(cls, parts: list[_MetricAccumulator]) -> _MetricAccumulator:
+        """One accumulator holding what ``parts`` (e.g. every rank's) saw."""
+        whole = cls()
+        for part in parts:
+            for key, value in part.sums.items():
+                whole.sums[key] += value
+                whole.weights[key] = part.weights[key] if key in cls._SUMMED else whole.weights[key] + part.weights[key]
+            for key, value in part.extremes.items():
+                pick = max if key.endswith("_max") else min
+                whole.extremes[key] = pick(whole.extremes[key], value) if key in whole.extremes else value
+        return whole
 
     def result(self) -> dict[str, float]:
         out = {

@@ -1,0 +1,82 @@
+"""One optimizer update on a fixed batch, in one process or under ``torchrun`` (tests/test_distributed.py).
+
+Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES`` (or under ``torchrun --nproc-per-node N``).
+Every rank builds the same seeded random model and the same batch of 6 groups of 2 (3 per mini-batch
+with two mini-batches: unequal shares per rank, so padding passes), two with advantage 0, and
+runs ``Trainer.update``; rank 0 saves the gathered parameters and the update's metrics to OUT.pt.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from grpopp_trainer.batch import TrainTensors
+from grpopp_trainer.config import load_train_config
+from grpopp_trainer.distributed import close_distributed, init_distributed
+from grpopp_trainer.policy import Policy
+from grpopp_trainer.rollout.hf import HFEngine
+from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp_trainer.trainer import Trainer
+
+
+def main(out: Path, mini_batches: int) -> None:
+    info, device = init_distributed("cpu")
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    folder = Path(tempfile.mkdtemp())
+    config_file = folder / "config.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": "unused"},
+                "rollout": {"completions_per_prompt": 2, "max_new_tokens": 4},
+                "algorithm": {"preset": "grpopp", "loss": {"tis": "off"}},
+                "envs": [{"name": "arithmetic"}],
+                "batch": {"prompts_per_step": 6, "micro_batch_size": 2, "mini_batches": mini_batches},
+                "optim": {"lr": 1e-2, "weight_decay": 0.1},
+                "logging": {"progress": False},
+            }
+        )
+    )
+    config = load_train_config(config_file)
+    policy = Policy(model, tokenizer, config.optim, 10, device, info)
+    trainer = Trainer(config, policy, HFEngine(policy.model, tokenizer), folder / "run")
+    completions = [
+        [10, 11],
+        [5, 6, 7],
+        [12],
+        [13, 14, 15],
+        [16],
+        [17, 18],
+        [40, 41, 42, 43],
+        [19],
+        [20, 21],
+        [22],
+        [23],
+        [24, 25],
+    ]
+    prompts = [[30, 31, 32]] * 2 + [[33, 34]] * 2 + [[35]] * 2 + [[36, 37]] * 2 + [[38, 39, 30]] * 2 + [[41]] * 2
+    tensors = TrainTensors(
+        prompts=prompts,
+        completions=completions,
+        sampler_logprobs=[[-1.0] * len(c) for c in completions],
+        rewards=torch.zeros(12, dtype=torch.float64),
+        valid=torch.ones(12, dtype=torch.bool),
+        trained=torch.ones(12, dtype=torch.bool),
+    )
+    advantages = torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -0.25, 0.25, 0.75, -0.75])
+    metrics = trainer.update(tensors, advantages)
+    state = policy.full_model_state()
+    if info.is_main:
+        torch.save({"state": state, "metrics": metrics, "world_size": info.world_size}, out)
+    trainer.log.close()
+    close_distributed()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
