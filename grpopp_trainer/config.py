@@ -50,6 +50,11 @@ class ModelConfig(BaseModel):
     trust_remote_code: bool = False
     """Allow model code from the hub (transformers' trust_remote_code)."""
 
+    fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None
+    """Under torchrun (FSDP2): compute in this dtype (parameters are gathered in it), keep float32
+    master weights and reduce gradients in float32 (``MixedPrecisionPolicy``). None: compute in
+    ``dtype``. Single-process runs ignore it."""
+
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = None
     """Attention kernel (transformers' attn_implementation); None: transformers' default (sdpa).
     On CPU, "eager" is faster for very small models such as the built-in tiny one."""

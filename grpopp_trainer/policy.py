@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -175,6 +175,7 @@ class Policy:
         total_optimizer_steps: int,
         device: torch.device,
         dist_info: DistInfo = SINGLE,
+        fsdp_param_dtype: torch.dtype | None = None,
     ) -> None:
         """With ``dist_info.enabled`` the model is sharded with FSDP2 (``fully_shard``): each decoder
         layer, then the root. Gradients are summed across ranks, not averaged: the loss of every
@@ -186,7 +187,7 @@ class Policy:
         self.optim_config = optim
         self.dist = dist_info
         if dist_info.enabled:
-            shard_model(model)
+            shard_model(model, fsdp_param_dtype)
         parameters = [p for p in model.parameters() if p.requires_grad]
         # One fused kernel for all parameters where torch has it (CPU and CUDA): the same AdamW update,
         # a few times faster than the per-tensor loop on small models. Sharded (DTensor) parameters take
@@ -293,8 +294,14 @@ class Policy:
                 module.set_reshard_after_forward(True, recurse=False)
 
 
-def shard_model(model: PreTrainedModel) -> None:
-    """FSDP2: each decoder layer (transformers' ``_no_split_modules`` names them), then the root."""
+def shard_model(model: PreTrainedModel, param_dtype: torch.dtype | None = None) -> None:
+    """FSDP2: each decoder layer (transformers' ``_no_split_modules`` names them), then the root.
+    ``param_dtype``: mixed precision, compute in it with gradients reduced in float32."""
+    policy = (
+        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        if param_dtype
+        else MixedPrecisionPolicy()
+    )
     block_names = set(getattr(model, "_no_split_modules", None) or [])
     blocks = [m for m in model.modules() if type(m).__name__ in block_names]
     if not blocks:
@@ -302,8 +309,8 @@ def shard_model(model: PreTrainedModel) -> None:
             f"{type(model).__name__} names no decoder layer class in _no_split_modules; FSDP needs one to shard"
         )
     for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     for module in model.modules():  # each layer is its own FSDP group: set every one
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # sum across ranks: each loss is over the global num_items

@@ -161,9 +161,10 @@ def train(
         reference = make_reference(initial)
         torch.nn.Module.to(reference, device)
         if dist_info.enabled:
-            shard_model(reference)
+            shard_model(reference, DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None)
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
-    policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info)
+    mixed = DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None
+    policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info, mixed)
     engine = make_engine(config, policy.model, tokenizer, source)
     trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
     if checkpoint is not None:

@@ -1,6 +1,6 @@
 """Multi-process training on CPU with torchrun and gloo (FSDP2): the sharded update equals the
-single-process one, only rank 0 writes, checkpoints load in one process, and a run resumes on
-another number of processes."""
+single-process one, only rank 0 writes, checkpoints load in one process, bf16 mixed precision keeps
+float32 weights, and a run resumes on another number of processes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
@@ -83,7 +84,7 @@ def test_torchrun_training_writes_once_and_resumes_across_world_sizes(tmp_path, 
         "--run-dir", str(run_dir), "--set", "checkpoint.every=1", "--set", "checkpoint.keep_last=10",
         "--set", "batch.prompts_per_step=4", "--set", "rollout.completions_per_prompt=2",
         "--set", "rollout.max_new_tokens=3", "--set", "eval.tasks_per_env=4", "--set", "logging.progress=false",
-        "--set", "batch.micro_batch_size=2",
+        "--set", "batch.micro_batch_size=2", "--set", "model.fsdp_param_dtype=bfloat16",
     ]  # fmt: skip
     first = run([*TORCHRUN, GRPOPP, *train])
     assert first.stdout.count("held-out accuracy before training") == 1  # rank 0 alone prints
@@ -92,6 +93,8 @@ def test_torchrun_training_writes_once_and_resumes_across_world_sizes(tmp_path, 
     assert state["world_size"] == 2 and state["step"] == 2
     model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step-000002")
     assert type(model).__name__ == "LlamaForCausalLM"  # a single process loads the gathered weights
+    weights = load_file(run_dir / "checkpoints" / "step-000002" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}  # bf16 compute, float32 master weights
 
     set_steps(run_dir, 3)  # go on for one step in one process, then one more on two
     resumed = run([GRPOPP, "train", "--plugin", PLUGIN, "--resume", str(run_dir)])
