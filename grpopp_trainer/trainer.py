@@ -227,14 +227,20 @@ class Trainer:
             )
             mask = batch.completion_mask  # [b, T]; every row here is trained
             length = batch.completion_length
+            current = logprobs.detach()  # [b, T]: pi_old on-policy, and the stand-in on padding passes
+            device, filler = logprobs.device, weight == 0.0
+            old_rows = current if old is None or filler else pad([old[r] for r in micro], length, device)
+            ref_rows = (
+                None if reference is None else current if filler else pad([reference[r] for r in micro], length, device)
+            )
             out = policy_loss(
                 logprobs,
-                logprobs.detach() if old is None else pad([old[r] for r in micro], length, logprobs.device),
-                advantages[micro].to(logprobs.device),
+                old_rows,
+                advantages[micro].to(device),
                 mask,
                 loss_cfg,
-                sampler_logprobs=pad([tensors.sampler_logprobs[r] for r in micro], length, logprobs.device),
-                ref_logprobs=None if reference is None else pad([reference[r] for r in micro], length, logprobs.device),
+                sampler_logprobs=pad([tensors.sampler_logprobs[r] for r in micro], length, device),
+                ref_logprobs=ref_rows,
                 num_items=num_items,
             )
             (out.loss * weight).backward()
@@ -286,20 +292,34 @@ class Trainer:
         return active or trained[:1]
 
     def _logprobs_no_grad(self, model: PreTrainedModel | None, tensors: TrainTensors) -> list[torch.Tensor]:
-        """Per-sample log-probs [T_i] of the completions under ``model`` (pi_old or the reference)."""
+        """Per-sample log-probs [T_i] of the completions under ``model`` (pi_old or the reference).
+
+        With several ranks each computes the rows of its own groups (those it trains on; the other
+        entries hold empty tensors), in the same number of passes on every rank (padding passes on
+        one row, discarded), as FSDP's collectives require."""
         assert model is not None
-        out: list[torch.Tensor] = []
-        size = self.config.batch.micro_batch_size
+        size, group_size, world = (
+            self.config.batch.micro_batch_size,
+            self.config.rollout.completions_per_prompt,
+            self.dist.world_size,
+        )
+        count = len(tensors.prompts)
+        shares = [[r for r in range(count) if (r // group_size) % world == q] for q in range(world)]
+        passes = max(math.ceil(len(share) / size) for share in shares)
+        mine = shares[self.dist.rank]
+        out: list[torch.Tensor] = [torch.empty(0) for _ in range(count)]
         with torch.no_grad():
-            for start in range(0, len(tensors.prompts), size):
-                rows = range(start, min(start + size, len(tensors.prompts)))
+            for index in range(passes):
+                rows = mine[index * size : (index + 1) * size] or [0]  # padding pass: row 0, discarded
                 batch = self.policy.token_batch(
                     [tensors.prompts[r] for r in rows], [tensors.completions[r] for r in rows]
                 )
                 logprobs, _ = completion_logprobs(
                     model, batch, self.config.rollout.temperature, share_prompts=self._share_prompts
                 )
-                out.extend(logprobs[i, : len(tensors.completions[r])].detach() for i, r in enumerate(rows))
+                if index * size < len(mine):
+                    for i, r in enumerate(rows):
+                        out[r] = logprobs[i, : len(tensors.completions[r])].detach()
         return out
 
     # -- evaluation, metrics, checkpoints --------------------------------------------------------------

@@ -1,6 +1,7 @@
 """One optimizer update on a fixed batch, in one process or under ``torchrun`` (tests/test_distributed.py).
 
-Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES`` (or under ``torchrun --nproc-per-node N``).
+Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl]`` (or under ``torchrun --nproc-per-node N``);
+``kl`` adds a KL term against a reference model (sharded too under torchrun).
 Every rank builds the same seeded random model and the same batch of 6 groups of 2 (3 per mini-batch
 with two mini-batches: unequal shares per rank, so padding passes), two with advantage 0, and
 runs ``Trainer.update``; rank 0 saves the gathered parameters and the update's metrics to OUT.pt.
@@ -18,13 +19,13 @@ import yaml
 from grpopp_trainer.batch import TrainTensors
 from grpopp_trainer.config import load_train_config
 from grpopp_trainer.distributed import close_distributed, init_distributed
-from grpopp_trainer.policy import Policy
+from grpopp_trainer.policy import Policy, shard_model
 from grpopp_trainer.rollout.hf import HFEngine
 from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
-from grpopp_trainer.trainer import Trainer
+from grpopp_trainer.trainer import Trainer, make_reference
 
 
-def main(out: Path, mini_batches: int) -> None:
+def main(out: Path, mini_batches: int, kl: bool) -> None:
     info, device = init_distributed("cpu")
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
@@ -35,7 +36,7 @@ def main(out: Path, mini_batches: int) -> None:
             {
                 "model": {"name_or_path": "unused"},
                 "rollout": {"completions_per_prompt": 2, "max_new_tokens": 4},
-                "algorithm": {"preset": "grpopp", "loss": {"tis": "off"}},
+                "algorithm": {"preset": "grpopp", "loss": {"tis": "off", "kl_coef": 0.05 if kl else 0.0}},
                 "envs": [{"name": "arithmetic"}],
                 "batch": {"prompts_per_step": 6, "micro_batch_size": 2, "mini_batches": mini_batches},
                 "optim": {"lr": 1e-2, "weight_decay": 0.1},
@@ -44,8 +45,11 @@ def main(out: Path, mini_batches: int) -> None:
         )
     )
     config = load_train_config(config_file)
+    reference = make_reference(model) if kl else None
+    if reference is not None and info.enabled:
+        shard_model(reference)
     policy = Policy(model, tokenizer, config.optim, 10, device, info)
-    trainer = Trainer(config, policy, HFEngine(policy.model, tokenizer), folder / "run")
+    trainer = Trainer(config, policy, HFEngine(policy.model, tokenizer), folder / "run", reference)
     completions = [
         [10, 11],
         [5, 6, 7],
@@ -79,4 +83,4 @@ def main(out: Path, mini_batches: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["kl"])

@@ -30,13 +30,14 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
-@pytest.mark.parametrize("mini_batches", [1, 2])
-def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches):
+@pytest.mark.parametrize(("mini_batches", "extra"), [(1, []), (2, []), (2, ["kl"])])
+def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, extra):
     """6 groups of 2, micro-batches of 2, two groups with advantage 0: the ranks get unequal shares
-    (padding passes) and, with two mini-batches, a second off-policy step with AdamW momentum."""
+    (padding passes); with two mini-batches a second, off-policy step (pi_old from each rank's own
+    rows) with AdamW momentum; with ``kl`` a sharded reference model and the KL term."""
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
-    run([sys.executable, WORKER, str(single), str(mini_batches)])
-    run([*TORCHRUN, WORKER, str(double), str(mini_batches)])
+    run([sys.executable, WORKER, str(single), str(mini_batches), *extra])
+    run([*TORCHRUN, WORKER, str(double), str(mini_batches), *extra])
     one, two = torch.load(single, weights_only=False), torch.load(double, weights_only=False)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["state"].keys() == two["state"].keys()
@@ -45,9 +46,11 @@ def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches):
     assert any(
         not torch.equal(value, v) for value, v in zip(one["state"].values(), initial_state().values(), strict=True)
     )
-    assert two["metrics"]["train_tokens"] == one["metrics"]["train_tokens"] == 14.0
-    for key in ("loss", "grad_norm", "entropy", "ratio_mean"):
-        assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5), key
+    # Tokens trained on: 14 in the four groups with advantages (the two others skipped), 23 in all
+    # twelve completions when the KL term needs every row.
+    assert two["metrics"]["train_tokens"] == one["metrics"]["train_tokens"] == (23.0 if extra else 14.0)
+    for key in ("loss", "grad_norm", "entropy", "ratio_mean", *(["kl_mean"] if extra else [])):
+        assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-8), key
 
 
 def initial_state() -> dict[str, torch.Tensor]:
