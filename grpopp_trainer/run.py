@@ -153,7 +153,10 @@ def train(
     torch.manual_seed(config.seed)
     _print_summary(console, config, run_dir, device, checkpoint, dist_info.world_size)
 
-    source = model_source(config.model, str(checkpoint) if checkpoint else None)
+    # Rank 0 first: it may build and cache the tiny model, which the other ranks then read.
+    source = model_source(config.model, str(checkpoint) if checkpoint else None) if dist_info.is_main else None
+    barrier(dist_info)
+    source = source or model_source(config.model, str(checkpoint) if checkpoint else None)
     model, tokenizer = load_model(config.model, source)
     reference = None
     if config.algorithm.loss.kl_coef > 0:
