@@ -461,24 +461,8 @@ class Sandbox:
             argv += ["--setenv", "LANG", "C.UTF-8", "--uid", "65534", "--gid", "65534", "--chdir", "/tmp", "--"]
             argv += self._prlimit_argv(cpu_time_s or cfg.cpu_time_s)
             argv += self._interpreter_argv(f"{SANDBOX_DIR}/main.py")
-            channel_read = -1
-            if channel:
-                channel_read, channel_write = fds.pipe()
-                passed.append(channel_write)
-                argv.append(str(channel_write))
-            process = subprocess.Popen(
-                argv,
-                stdin=fds.memfd(stdin),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=passed,
-                cwd="/",
-                env={"PATH": _SANDBOX_PATH},
-                start_new_session=True,
-            )
-            for fd in passed:  # the child holds them now; the parent keeps only the read ends, so
-                fds.close(fd)  # that EOF on a pipe means every writer is gone
-            outcome = _Waiter(process, cfg, status_read, channel_read).wait(wall_timeout_s or cfg.wall_timeout_s)
+            env = {"PATH": _SANDBOX_PATH}
+            outcome = self._execute(fds, argv, stdin, passed, channel, "/", env, status_read, wall_timeout_s)
         return self._result(outcome, wall_timeout_s, cpu_time_s)
 
     def _run_rlimits(
@@ -502,27 +486,43 @@ class Sandbox:
             argv += self._prlimit_argv(cpu_time_s or cfg.cpu_time_s)
             argv += self._interpreter_argv(os.path.join(workdir, "main.py"))
             with _FdSet() as fds:
-                channel_read, passed = -1, []
-                if channel:
-                    channel_read, channel_write = fds.pipe()
-                    passed.append(channel_write)
-                    argv.append(str(channel_write))
-                process = subprocess.Popen(
-                    argv,
-                    stdin=fds.memfd(stdin),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    pass_fds=passed,
-                    cwd=workdir,
-                    env={"PATH": _SANDBOX_PATH, "HOME": workdir, "LANG": "C.UTF-8"},
-                    start_new_session=True,
-                )
-                for fd in passed:
-                    fds.close(fd)
-                outcome = _Waiter(process, cfg, -1, channel_read).wait(wall_timeout_s or cfg.wall_timeout_s)
+                env = {"PATH": _SANDBOX_PATH, "HOME": workdir, "LANG": "C.UTF-8"}
+                outcome = self._execute(fds, argv, stdin, [], channel, workdir, env, -1, wall_timeout_s)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return self._result(outcome, wall_timeout_s, cpu_time_s)
+
+    def _execute(
+        self,
+        fds: _FdSet,
+        argv: list[str],
+        stdin: bytes,
+        passed: list[int],
+        channel: bool,
+        cwd: str,
+        env: dict[str, str],
+        status_fd: int,
+        wall_timeout_s: float | None,
+    ) -> _Outcome:
+        """Add the result channel (its fd number is the program's last argument), start the process
+        with the ``passed`` descriptors, close the parent's copies of them, and wait for the run."""
+        channel_read = -1
+        if channel:
+            channel_read, channel_write = fds.pipe()
+            passed, argv = [*passed, channel_write], [*argv, str(channel_write)]
+        process = subprocess.Popen(
+            argv,
+            stdin=fds.memfd(stdin),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=passed,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        for fd in passed:  # the child holds them now; the parent keeps only the read ends, so
+            fds.close(fd)  # that EOF on a pipe means every writer is gone
+        return _Waiter(process, self.config, status_fd, channel_read).wait(wall_timeout_s or self.config.wall_timeout_s)
 
     def _result(self, outcome: _Outcome, wall_timeout_s: float | None, cpu_time_s: int | None) -> ExecResult:
         """Decode the exit status and name the limits that were hit."""
