@@ -350,6 +350,25 @@ def _expand_short_overrides(assignments: list[str]) -> list[str]:
     return expanded
 
 
+RUN_CONFIG_FILE = "config.yaml"
+"""The resolved config that ``grpopp train`` writes into each run directory."""
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_CONFIG_FILE).is_file()
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved config of a run directory (resume, evaluation); errors name the file."""
+    path = run_dir / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {RUN_CONFIG_FILE} there; is it a grpopp run directory?")
+    try:
+        return validate_config(TrainConfig, load_config_file(path))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def load_train_config(
     config_file: str | Path | None = None,
     envs: list[str] | None = None,

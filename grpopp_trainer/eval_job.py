@@ -33,15 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.base import Environment, Split, Task
 from envs.mixture import parse_env_arg
 from envs.registry import make_env
 from grpopp_trainer import checkpoint as ckpt
-from grpopp_trainer.config import TrainConfig, load_train_config
-from grpopp_trainer.config_tools import ConfigError, validate_config
+from grpopp_trainer.config import TrainConfig, is_run_dir, load_run_config, load_train_config
+from grpopp_trainer.config_tools import ConfigError
 from grpopp_trainer.evaluate import EvalRun, EvalSettings, evaluate_engine
 from grpopp_trainer.rollout.base import SamplingParams
 from rewards.shaping import LengthLimits
@@ -91,8 +90,8 @@ def resolve_targets(targets: list[str], which: str) -> list[Checkpoint]:
     found: list[Checkpoint] = []
     for target in targets:
         run_dir = Path(target)
-        if (run_dir / "config.yaml").is_file():
-            config = validate_config(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+        if is_run_dir(run_dir):
+            config = load_run_config(run_dir)
             checkpoints = _choose(ckpt.list_checkpoints(run_dir), which, target)
             found += [Checkpoint(str(c), int(c.name.removeprefix(ckpt.PREFIX)), config) for c in checkpoints]
         else:
@@ -175,7 +174,7 @@ def run_eval(targets: list[str], which: str, job_for: Any, out: Path | None) -> 
     checkpoints = resolve_targets(targets, which)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     first = Path(targets[0])
-    out = out or ((first / "evals" / stamp) if (first / "config.yaml").is_file() else Path("evals") / stamp)
+    out = out or ((first / "evals" / stamp) if is_run_dir(first) else Path("evals") / stamp)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"versions": _versions(), "checkpoints": []}
     samples_path = out / SAMPLES_FILE

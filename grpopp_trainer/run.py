@@ -27,8 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from envs.mixture import Mixture
 from grpopp_trainer import checkpoint as ckpt
-from grpopp_trainer.config import ModelConfig, TrainConfig
-from grpopp_trainer.config_tools import ConfigError, validate_config
+from grpopp_trainer.config import RUN_CONFIG_FILE, ModelConfig, TrainConfig, load_run_config
+from grpopp_trainer.config_tools import ConfigError
 from grpopp_trainer.distributed import barrier, broadcast_object, init_distributed
 from grpopp_trainer.policy import Policy, shard_model
 from grpopp_trainer.rollout.base import RolloutEngine
@@ -145,7 +145,7 @@ def train(
         barrier(dist_info)  # every rank has looked before rank 0 writes
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            (run_dir / RUN_CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if dist_info.enabled and config.rollout.engine == "vllm":
         raise ConfigError("rollout.engine='vllm' under torchrun is not supported yet; use rollout.engine=hf")
     device = device if dist_info.enabled else resolve_device(config.device)
@@ -158,15 +158,15 @@ def train(
     barrier(dist_info)
     source = source or model_source(config.model, str(checkpoint) if checkpoint else None)
     model, tokenizer = load_model(config.model, source)
+    mixed = DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None  # FSDP only
     reference = None
     if config.algorithm.loss.kl_coef > 0:
         initial, _ = load_model(config.model) if checkpoint else (model, tokenizer)
         reference = make_reference(initial)
         torch.nn.Module.to(reference, device)
         if dist_info.enabled:
-            shard_model(reference, DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None)
+            shard_model(reference, mixed)
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
-    mixed = DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None
     policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info, mixed)
     engine = make_engine(config, policy.model, tokenizer, source)
     trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
@@ -241,13 +241,13 @@ def _last_eval(run_dir: Path) -> dict[str, float]:
 
 
 def _load_resume(run_dir: Path) -> tuple[TrainConfig, Path]:
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grpopp run directory?")
+    try:
+        config = load_run_config(run_dir)
+    except ConfigError as error:
+        raise ConfigError(f"--resume {error}") from None
     checkpoint = ckpt.latest_checkpoint(run_dir)
     if checkpoint is None:
         raise ConfigError(f"--resume {run_dir}: no complete checkpoint to resume from (set checkpoint.every)")
-    config = validate_config(TrainConfig, yaml.safe_load(config_file.read_text()))
     return config, checkpoint
 
 

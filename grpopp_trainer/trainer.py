@@ -202,14 +202,9 @@ class Trainer:
             return {"skipped_update": 1.0, "lr": lr}
         stats = _MetricAccumulator()
         tokens = 0
-        size, group_size, world = cfg.batch.micro_batch_size, cfg.rollout.completions_per_prompt, self.dist.world_size
+        size = cfg.batch.micro_batch_size
         active = self._rows_with_gradient(tensors, advantages, rows)
-        # With several ranks each trains on the groups g with g % world == rank, and every rank runs
-        # the same number of passes (FSDP's collectives must match), padded with passes whose loss is
-        # multiplied by 0. One rank alone trains on all of them.
-        shares = [[r for r in active if (r // group_size) % world == q] for q in range(world)]
-        passes = max(math.ceil(len(share) / size) for share in shares)
-        mine = shares[self.dist.rank]
+        mine, passes = self._my_rows(active)  # passes beyond mine are padding, with loss x 0
         finite = True
         for index in range(passes):
             micro, weight = mine[index * size : (index + 1) * size], 1.0
@@ -275,6 +270,18 @@ class Trainer:
         single token), so ranks could disagree; the flat path is one pass everywhere."""
         return self.config.batch.share_prompts and not self.dist.enabled
 
+    def _my_rows(self, rows: list[int]) -> tuple[list[int], int]:
+        """(this rank's rows, the number of micro-batch passes every rank runs).
+
+        Each rank takes the rows of the groups g with g % world == rank (all of them on one process),
+        and every rank runs as many passes as the rank with the most rows needs: under FSDP each pass
+        is a collective, so the counts must match; ranks with fewer rows pad with passes that do not
+        count."""
+        group_size, world = self.config.rollout.completions_per_prompt, self.dist.world_size
+        shares = [[r for r in rows if (r // group_size) % world == q] for q in range(world)]
+        passes = max(math.ceil(len(share) / self.config.batch.micro_batch_size) for share in shares)
+        return shares[self.dist.rank], passes
+
     def _rows_with_gradient(self, tensors: TrainTensors, advantages: torch.Tensor, rows: list[int]) -> list[int]:
         """The trained rows whose forward and backward passes can change the update.
 
@@ -298,15 +305,8 @@ class Trainer:
         entries hold empty tensors), in the same number of passes on every rank (padding passes on
         one row, discarded), as FSDP's collectives require."""
         assert model is not None
-        size, group_size, world = (
-            self.config.batch.micro_batch_size,
-            self.config.rollout.completions_per_prompt,
-            self.dist.world_size,
-        )
-        count = len(tensors.prompts)
-        shares = [[r for r in range(count) if (r // group_size) % world == q] for q in range(world)]
-        passes = max(math.ceil(len(share) / size) for share in shares)
-        mine = shares[self.dist.rank]
+        size, count = self.config.batch.micro_batch_size, len(tensors.prompts)
+        mine, passes = self._my_rows(list(range(count)))
         out: list[torch.Tensor] = [torch.empty(0) for _ in range(count)]
         with torch.no_grad():
             for index in range(passes):

@@ -147,6 +147,9 @@ def test_env_arguments_and_checkpoint_choice_errors(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"steps": 1}))
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         resolve_targets([str(run)], "last")
+    (run / "config.yaml").write_text(yaml.safe_dump({"steps": -3}))
+    with pytest.raises(ConfigError, match=r"run/config\.yaml: steps: Input should be greater than or equal to 1"):
+        resolve_targets([str(run)], "last")
 
 
 # ----------------------------------------------------------------------------- whole evaluations
