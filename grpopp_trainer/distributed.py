@@ -92,3 +92,17 @@ def broadcast_object(info: DistInfo, value: T) -> T:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def my_share(info: DistInfo, items: list[T]) -> list[T]:
+    """This rank's share of ``items``: those at rank, rank + world, rank + 2 world, ..."""
+    return items[info.rank :: info.world_size]
+
+
+def gather_shares(info: DistInfo, share: list[T]) -> list[T]:
+    """Every rank's ``share`` (from ``my_share``, or computed from it), back in the original order."""
+    if not info.enabled:
+        return share
+    shares = gather_objects(info, share)  # shares[q][j] is item q + j * world
+    total = sum(len(s) for s in shares)
+    return [shares[i % info.world_size][i // info.world_size] for i in range(total)]

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from envs.base import Environment, Task
 from grpopp_trainer.batch import Group, score_groups
+from grpopp_trainer.distributed import SINGLE, DistInfo, gather_shares, my_share
 from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
 from rewards.shaping import LengthLimits
 
@@ -236,15 +237,21 @@ def evaluate_engine(
     params: SamplingParams,
     limits: LengthLimits,
     settings: EvalSettings,
+    dist: DistInfo = SINGLE,
 ) -> EvalRun:
     """Steps: 1. held-out tasks of each environment; 2. K completions each with ``engine``;
-    3. rewards through ``score_batch`` (training's path); 4. metrics per environment and overall."""
+    3. rewards through ``score_batch`` (training's path); 4. metrics per environment and overall.
+
+    Under torchrun (``dist``) each rank generates and scores its share of the tasks (own sampling
+    seed), and every rank gets all scored groups back in task order before step 4."""
     run = EvalRun()
     outcomes: list[TaskOutcome] = []
+    if dist.enabled and params.seed is not None:
+        params = params.model_copy(update={"seed": params.seed + dist.rank})
     for name, env in envs.items():
-        tasks = held_out_tasks(env, tasks_per_env[name])  # 1.
+        tasks = my_share(dist, held_out_tasks(env, tasks_per_env[name]))  # 1.
         completions = engine.generate([t.prompt for t in tasks], params, n=settings.samples)  # 2.
-        groups = score_groups(tasks, completions, {name: env}, limits)  # 3.
+        groups = gather_shares(dist, score_groups(tasks, completions, {name: env}, limits))  # 3.
         env_outcomes = [task_outcome(g) for g in groups]
         run.groups += groups
         run.per_env[name] = summarise(env_outcomes, settings, salt=f"{name}|")  # 4.

@@ -87,14 +87,17 @@ def completion_logprobs(
     temperature: float,
     with_entropy: bool = False,
     share_prompts: bool = True,
+    force_shared: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of the completion tokens under ``model`` at ``temperature`` (the sampler's
     scaling, so TIS compares like with like), and optionally the entropy [B, T] (detached).
 
     ``share_prompts``: one pass per distinct prompt (see the module docstring) when prompts repeat;
     the flat pass otherwise, and under gradient checkpointing (which turns the KV cache off).
+    ``force_shared``: the shared path also when no prompt repeats (under FSDP every rank must run as
+    many forward passes as the others).
     """
-    shared = share_prompts and len(batch.first_rows) < len(batch.prompt_index)
+    shared = share_prompts and (force_shared or len(batch.first_rows) < len(batch.prompt_index))
     if shared and not (model.training and _checkpointing(model)):
         logits = _shared_prompt_logits(model, batch)
     else:

@@ -29,7 +29,7 @@ from envs.mixture import Mixture
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.config import RUN_CONFIG_FILE, ModelConfig, TrainConfig, load_run_config
 from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.distributed import barrier, broadcast_object, init_distributed
+from grpopp_trainer.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
 from grpopp_trainer.policy import Policy, shard_model
 from grpopp_trainer.rollout.base import RolloutEngine
 from grpopp_trainer.trainer import Trainer, make_reference
@@ -91,13 +91,28 @@ def _disable_dropout(model: torch.nn.Module) -> None:
 
 
 def make_engine(
-    config: TrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str
+    config: TrainConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    dist_info: DistInfo = SINGLE,
 ) -> RolloutEngine:
-    """The rollout engine of ``config.rollout.engine`` over the policy ``model`` (read from ``source``)."""
+    """The rollout engine of ``config.rollout.engine`` over the policy ``model`` (read from ``source``).
+    Under torchrun (``dist_info``) each rank builds its own vLLM engine, all at the same time."""
     if config.rollout.engine == "vllm":
         from grpopp_trainer.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model, tokenizer, source, config.rollout.vllm, dtype=config.model.dtype, seed=config.seed)
+        # vLLM computes in the learner's dtype: FSDP's compute dtype when set, else the model's.
+        dtype = (config.model.fsdp_param_dtype if dist_info.enabled else None) or config.model.dtype
+        return VLLMEngine(
+            model,
+            tokenizer,
+            source,
+            config.rollout.vllm,
+            dtype=dtype,
+            seed=config.seed + dist_info.rank,
+            distributed=dist_info.enabled,
+        )
     from grpopp_trainer.rollout.hf import HFEngine
 
     # Chat models may end a turn with another token than the tokenizer's EOS (e.g. <|eot_id|>): stop on all.
@@ -146,8 +161,6 @@ def train(
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / RUN_CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    if dist_info.enabled and config.rollout.engine == "vllm":
-        raise ConfigError("rollout.engine='vllm' under torchrun is not supported yet; use rollout.engine=hf")
     device = device if dist_info.enabled else resolve_device(config.device)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -168,7 +181,7 @@ def train(
             shard_model(reference, mixed)
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
     policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info, mixed)
-    engine = make_engine(config, policy.model, tokenizer, source)
+    engine = make_engine(config, policy.model, tokenizer, source, dist_info)
     trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
     if checkpoint is not None:
         trainer.restore(checkpoint)

@@ -28,6 +28,7 @@ import random
 import statistics
 import time
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,10 @@ from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.advantages import compute_advantages
 from grpopp_trainer.batch import CollectStats, Group, TrainTensors, pad, score_groups, to_tensors
 from grpopp_trainer.config import TrainConfig
-from grpopp_trainer.distributed import barrier, gather_objects
+from grpopp_trainer.distributed import barrier, gather_objects, gather_shares, my_share
 from grpopp_trainer.evaluate import EvalSettings, evaluate_engine
 from grpopp_trainer.losses import policy_loss
-from grpopp_trainer.policy import Policy, completion_logprobs
+from grpopp_trainer.policy import Policy, TokenBatch, completion_logprobs
 from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
 from grpopp_trainer.run_log import RunLog, truncate_log
 from rewards.shaping import LengthLimits
@@ -132,24 +133,26 @@ class Trainer:
     def _generate_and_score(self, tasks: list[Task], params: SamplingParams, stats: CollectStats) -> list[Group]:
         """Generate and score ``tasks``; with several ranks each takes tasks rank, rank + world, ...
         (whole groups, its own sampling seed) and the scored groups are gathered in task order."""
-        rank, world = self.dist.rank, self.dist.world_size
-        mine = tasks[rank::world]
+        mine = my_share(self.dist, tasks)
         if self.dist.enabled and params.seed is not None:
-            params = params.model_copy(update={"seed": params.seed + rank})
+            params = params.model_copy(update={"seed": params.seed + self.dist.rank})
         started = time.perf_counter()
-        with self.policy.full_parameters():
+        with self._sampling():
             completions = self.engine.generate(
                 [t.prompt for t in mine], params, n=self.config.rollout.completions_per_prompt
             )
         stats.generation_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        groups = score_groups(mine, completions, self.envs, self.limits)
+        groups = gather_shares(self.dist, score_groups(mine, completions, self.envs, self.limits))
         stats.scoring_seconds += time.perf_counter() - started
-        if self.dist.enabled:
-            shares = gather_objects(self.dist, groups)  # shares[q][j] is task q + j * world
-            groups = [shares[i % world][i // world] for i in range(len(tasks))]
         stats.generated_tokens += sum(len(s.completion.token_ids) for group in groups for s in group.samples)
         return groups
+
+    def _sampling(self) -> AbstractContextManager[None]:
+        """Around generation: under FSDP an engine that decodes with the policy module itself needs
+        its whole parameters (without collectives in each forward pass, as ranks decode different
+        lengths); vLLM holds its own copy."""
+        return self.policy.full_parameters() if self.engine.samples_from_policy else nullcontext()
 
     def update(self, tensors: TrainTensors, advantages: torch.Tensor) -> dict[str, float]:
         """Steps 8-9: policy-gradient updates on one rollout batch."""
@@ -213,13 +216,7 @@ class Trainer:
             batch = self.policy.token_batch(
                 [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
             )
-            logprobs, entropy = completion_logprobs(
-                self.policy.model,
-                batch,
-                cfg.rollout.temperature,
-                with_entropy=True,
-                share_prompts=self._share_prompts,
-            )
+            logprobs, entropy = self._completion_logprobs(self.policy.model, batch, with_entropy=True)
             mask = batch.completion_mask  # [b, T]; every row here is trained
             length = batch.completion_length
             current = logprobs.detach()  # [b, T]: pi_old on-policy, and the stand-in on padding passes
@@ -263,12 +260,26 @@ class Trainer:
         )
         return summary
 
-    @property
-    def _share_prompts(self) -> bool:
-        """Shared-prompt passes, except under FSDP: there every forward pass is a collective, and the
-        shared path's number of passes depends on the micro-batch (one when every completion is a
-        single token), so ranks could disagree; the flat path is one pass everywhere."""
-        return self.config.batch.share_prompts and not self.dist.enabled
+    def _completion_logprobs(
+        self, model: PreTrainedModel, batch: TokenBatch, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``completion_logprobs`` with the shared-prompt pass when ``batch.share_prompts``.
+
+        Under FSDP every forward pass is a collective, so every rank must run as many as the others:
+        the shared path (a prompt pass, then a completion pass) runs on every rank when every rank's
+        completions are longer than one token, even on a rank whose prompts do not repeat; otherwise
+        the flat pass (one) runs everywhere."""
+        share, force = self.config.batch.share_prompts, False
+        if share and self.dist.enabled:
+            share = force = min(gather_objects(self.dist, batch.completion_length)) > 1
+        return completion_logprobs(
+            model,
+            batch,
+            self.config.rollout.temperature,
+            with_entropy=with_entropy,
+            share_prompts=share,
+            force_shared=force,
+        )
 
     def _my_rows(self, rows: list[int]) -> tuple[list[int], int]:
         """(this rank's rows, the number of micro-batch passes every rank runs).
@@ -314,9 +325,7 @@ class Trainer:
                 batch = self.policy.token_batch(
                     [tensors.prompts[r] for r in rows], [tensors.completions[r] for r in rows]
                 )
-                logprobs, _ = completion_logprobs(
-                    model, batch, self.config.rollout.temperature, share_prompts=self._share_prompts
-                )
+                logprobs, _ = self._completion_logprobs(model, batch)
                 if index * size < len(mine):
                     for i, r in enumerate(rows):
                         out[r] = logprobs[i, : len(tensors.completions[r])].detach()
@@ -337,8 +346,10 @@ class Trainer:
             seed=cfg.seed,
         )
         tasks = dict.fromkeys(self.envs, cfg.eval.tasks_per_env)
-        with self.policy.full_parameters():  # every rank evaluates alike; rank 0 logs
-            run = evaluate_engine(self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0))
+        with self._sampling():  # each rank evaluates its share of the tasks; every rank gets the results
+            run = evaluate_engine(
+                self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0), self.dist
+            )
         results: dict[str, float] = {}
         for name, summary in run.per_env.items():
             results[f"{name}/accuracy"] = summary["metrics"]["avg@1"]["value"]

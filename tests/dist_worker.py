@@ -1,7 +1,10 @@
 """One optimizer update on a fixed batch, in one process or under ``torchrun`` (tests/test_distributed.py).
 
-Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl]`` (or under ``torchrun --nproc-per-node N``);
-``kl`` adds a KL term against a reference model (sharded too under torchrun).
+Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl] [flat] [checkpointing]`` (or under
+``torchrun --nproc-per-node N``);
+``kl`` adds a KL term against a reference model (sharded too under torchrun); ``flat`` turns the
+shared-prompt pass off (one pass over each whole sequence: the second method the tests compare with);
+``checkpointing`` turns gradient (activation) checkpointing on.
 Every rank builds the same seeded random model and the same batch of 6 groups of 2 (3 per mini-batch
 with two mini-batches: unequal shares per rank, so padding passes), two with advantage 0, and
 runs ``Trainer.update``; rank 0 saves the gathered parameters and the update's metrics to OUT.pt.
@@ -25,10 +28,12 @@ from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
 from grpopp_trainer.trainer import Trainer, make_reference
 
 
-def main(out: Path, mini_batches: int, kl: bool) -> None:
+def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool) -> None:
     info, device = init_distributed("cpu")
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    if checkpointing:  # as run.load_model does it, before the model is sharded
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     folder = Path(tempfile.mkdtemp())
     config_file = folder / "config.yaml"
     config_file.write_text(
@@ -38,7 +43,12 @@ def main(out: Path, mini_batches: int, kl: bool) -> None:
                 "rollout": {"completions_per_prompt": 2, "max_new_tokens": 4},
                 "algorithm": {"preset": "grpopp", "loss": {"tis": "off", "kl_coef": 0.05 if kl else 0.0}},
                 "envs": [{"name": "arithmetic"}],
-                "batch": {"prompts_per_step": 6, "micro_batch_size": 2, "mini_batches": mini_batches},
+                "batch": {
+                    "prompts_per_step": 6,
+                    "micro_batch_size": 2,
+                    "mini_batches": mini_batches,
+                    "share_prompts": not flat,
+                },
                 "optim": {"lr": 1e-2, "weight_decay": 0.1},
                 "logging": {"progress": False},
             }
@@ -83,4 +93,5 @@ def main(out: Path, mini_batches: int, kl: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["kl"])
+    options = sys.argv[3:]
+    main(Path(sys.argv[1]), int(sys.argv[2]), "kl" in options, "flat" in options, "checkpointing" in options)

@@ -30,13 +30,16 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
-@pytest.mark.parametrize(("mini_batches", "extra"), [(1, []), (2, []), (2, ["kl"])])
+@pytest.mark.parametrize(("mini_batches", "extra"), [(1, []), (2, []), (2, ["kl"]), (1, ["checkpointing"])])
 def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, extra):
     """6 groups of 2, micro-batches of 2, two groups with advantage 0: the ranks get unequal shares
     (padding passes); with two mini-batches a second, off-policy step (pi_old from each rank's own
-    rows) with AdamW momentum; with ``kl`` a sharded reference model and the KL term."""
+    rows) with AdamW momentum; with ``kl`` a sharded reference model and the KL term; with
+    ``checkpointing`` gradient checkpointing in the sharded layers (the one process without). The two
+    processes share prompts in their passes (two forward passes, where every rank's completions
+    are longer than one token), the one process runs the flat pass: a second method."""
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
-    run([sys.executable, WORKER, str(single), str(mini_batches), *extra])
+    run([sys.executable, WORKER, str(single), str(mini_batches), *[e for e in extra if e != "checkpointing"], "flat"])
     run([*TORCHRUN, WORKER, str(double), str(mini_batches), *extra])
     one, two = torch.load(single, weights_only=False), torch.load(double, weights_only=False)
     assert (one["world_size"], two["world_size"]) == (1, 2)
@@ -48,8 +51,8 @@ def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, 
     )
     # Tokens trained on: 14 in the four groups with advantages (the two others skipped), 23 in all
     # twelve completions when the KL term needs every row.
-    assert two["metrics"]["train_tokens"] == one["metrics"]["train_tokens"] == (23.0 if extra else 14.0)
-    for key in ("loss", "grad_norm", "entropy", "ratio_mean", *(["kl_mean"] if extra else [])):
+    assert two["metrics"]["train_tokens"] == one["metrics"]["train_tokens"] == (23.0 if "kl" in extra else 14.0)
+    for key in ("loss", "grad_norm", "entropy", "ratio_mean", *(["kl_mean"] if "kl" in extra else [])):
         assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-8), key
 
 
@@ -111,3 +114,48 @@ def test_torchrun_training_writes_once_and_resumes_across_world_sizes(tmp_path, 
     assert final["world_size"] == 2 and len(final["policy"]["optimizer"]["state"]) == len(
         state["policy"]["optimizer"]["state"]
     )
+
+
+VLLM_WORKER = str(HERE / "dist_vllm_worker.py")
+
+
+def test_vllm_engine_under_torchrun_follows_the_sharded_policy(tmp_path, model_dir):
+    """``grpopp_trainer.run.train`` with ``rollout.engine=vllm`` on 2 processes, vLLM replaced by
+    tests/vllm_fake.py: each rank's engine ends with exactly the saved weights (gathered from the
+    FSDP shards), every rank makes the same weight loads, sleeps and wake-ups (collectives stay
+    matched, also when rank 1 has no evaluation prompt), and each rank samples with its own seed."""
+    run([*TORCHRUN, VLLM_WORKER, "train", str(model_dir), str(tmp_path)])
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "reward" in row]
+    assert [row["step"] for row in steps] == [1, 2] and all(row["grad_norm"] > 0 for row in steps)
+    rounds = int(sum(row["dynamic_sampling/rounds"] for row in steps))
+    for rank, report in enumerate(ranks):
+        assert report["weight_gap"] == 0.0  # the fake started 1.0 away from the model
+        assert report["loader"] == [{"dtype": "float32", "seed": 5 + rank, "distributed": True}]
+        assert report["loaded_dtypes"] == ["torch.float32"]
+        # Loads: one at start-up, one before the first training round (the engine slept at level 2
+        # after evaluating), one per further round, one after each step's update: 2 + rounds.
+        assert report["calls"].count("load") == 2 + rounds
+    assert rounds > 2  # dynamic sampling needed several rounds in some step
+    without_generate = [[c for c in report["calls"] if c != "generate"] for report in ranks]
+    assert without_generate[0] == without_generate[1]
+    # Rank 0 generated for both evaluations (one task each) and every round; rank 1 only the rounds.
+    assert ranks[0]["calls"].count("generate") == rounds + 2
+    assert ranks[1]["calls"].count("generate") == rounds
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000002").state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in initial_state().items())
+
+
+def test_evaluation_split_across_processes_equals_one_process(tmp_path, model_dir):
+    """Greedy evaluation of 7 tasks: each of 2 ranks decodes its share (4 and 3 tasks, with the
+    policy unsharded), and the gathered completions, in task order, are one process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    run([sys.executable, VLLM_WORKER, "eval", str(model_dir), str(one)])
+    run([*TORCHRUN, VLLM_WORKER, "eval", str(model_dir), str(two)])
+    single, double = json.loads((one / "eval.json").read_text()), json.loads((two / "eval.json").read_text())
+    assert single["tasks"] == double["tasks"] == list(range(7))
+    assert len({text for (text,) in single["texts"]}) > 3  # the answers differ from task to task
+    assert double == single

@@ -1,8 +1,8 @@
 """The ``vllm`` rollout engine: the adapter without a GPU, and real vLLM where a GPU is present.
 
-Without a GPU, vLLM itself is replaced by ``FakeLLM``, which isolates the adapter: its "model" is
-a second copy of the tiny Llama that ``load_weights`` fills by Hugging Face name, and its
-``generate`` decodes greedily with that copy (through the ``hf`` engine) and answers in vLLM's
+Without a GPU, vLLM itself is replaced by ``FakeLLM`` (tests/vllm_fake.py), which isolates the
+adapter: its "model" is a second copy of the tiny Llama that ``load_weights`` fills by Hugging Face
+name, and its ``generate`` samples with that copy (through the ``hf`` engine) and answers in vLLM's
 output format. So a test can check that weights reach the sampler by comparing its outputs with
 the policy's own greedy decoding, and the order of sleep, wake-up, loading and cache resets is read
 off the recorded calls. The GPU tests run real vLLM against the learner's log-probs.
@@ -10,7 +10,6 @@ off the recorded calls. The GPU tests run real vLLM against the learner's log-pr
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -20,79 +19,22 @@ from typing import Any
 
 import pytest
 import torch
+from vllm_fake import FakeLLM
 
 from grpopp_trainer.config import OptimConfig
 from grpopp_trainer.policy import Policy, completion_logprobs
 from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
 from grpopp_trainer.rollout.hf import HFEngine
-from grpopp_trainer.rollout.vllm_engine import VLLMEngine, policy_weights, sampling_kwargs, to_completion
+from grpopp_trainer.rollout.vllm_engine import (
+    VLLMEngine,
+    policy_weights,
+    sampling_kwargs,
+    to_completion,
+    weight_buckets,
+)
 from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
 
 PROMPTS = ["12+7=", "3*4=", "hello"]
-
-
-class FakeVLLMModel:
-    """vLLM's copy of the model: ``load_weights`` copies tensors in by Hugging Face name."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.loaded: list[str] = []
-
-    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        state = self.model.state_dict()
-        for name, tensor in weights:
-            state[name].copy_(tensor)  # KeyError on a name vLLM would not know
-            self.loaded.append(name)
-
-
-class FakeLLM:
-    """Stands in for ``vllm.LLM``: records calls, decodes greedily with its own model copy."""
-
-    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        self.inner = FakeVLLMModel(copy.deepcopy(model))
-        self.engine = HFEngine(self.inner.model, tokenizer)
-        self.calls: list[Any] = []
-        self.requests: list[tuple[list[int], dict[str, Any]]] = []
-
-    def apply_model(self, func: Any) -> list[Any]:
-        self.calls.append("load")
-        return [func(self.inner)]
-
-    def wake_up(self, tags: list[str] | None = None) -> bool:
-        self.calls.append(("wake_up", tuple(tags or ())))
-        return True
-
-    def sleep(self, level: int = 1) -> None:
-        self.calls.append(("sleep", level))
-
-    def reset_prefix_cache(self) -> bool:
-        self.calls.append("reset")
-        return True
-
-    def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]:
-        self.calls.append("generate")
-        outputs = []
-        for request, kwargs in zip(prompts, sampling_params, strict=True):
-            ids = request["prompt_token_ids"]
-            self.requests.append((ids, kwargs))
-            params = SamplingParams(max_new_tokens=kwargs["max_tokens"], temperature=0.0)
-            (completions,) = self.engine.generate([self.engine.tokenizer.decode(ids)], params, n=kwargs["n"])
-            outputs.append(SimpleNamespace(outputs=[vllm_output(c) for c in completions]))
-        return outputs
-
-
-def vllm_output(completion: Any, finish_reason: str | None = None) -> SimpleNamespace:
-    """A ``Completion`` in vLLM's ``CompletionOutput`` shape: logprobs as [{token id: Logprob}]."""
-    positions = [
-        {token: SimpleNamespace(logprob=lp, rank=1), token + 1: SimpleNamespace(logprob=-9.0, rank=2)}
-        for token, lp in zip(completion.token_ids, completion.logprobs, strict=True)
-    ]
-    return SimpleNamespace(
-        token_ids=tuple(completion.token_ids),
-        text=completion.text,
-        logprobs=positions,
-        finish_reason=finish_reason or completion.finish_reason,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +47,18 @@ def model(tokenizer):
     return build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
 
 
-def make_engine(model, tokenizer, sleep_level: int = 2) -> tuple[VLLMEngine, FakeLLM]:
+def make_engine(
+    model, tokenizer, sleep_level: int = 2, dtype: str = "float32", bucket_mb: int = 512
+) -> tuple[VLLMEngine, FakeLLM]:
+    """The engine over a ``FakeLLM``; ``dtype`` float32 as the fake's model copy, unless a test
+    checks the cast."""
     llm = FakeLLM(model, tokenizer)
     engine = VLLMEngine(
         model,
         tokenizer,
         "unused",
-        VLLMSettings(sleep_level=sleep_level),
+        VLLMSettings(sleep_level=sleep_level, weight_sync_bucket_mb=bucket_mb),
+        dtype=dtype,
         llm=llm,
         make_sampling_params=lambda **kwargs: kwargs,
     )
@@ -206,6 +153,41 @@ def test_policy_weights_are_the_parameters_under_their_hf_names(model):
         assert tensor.data_ptr() == state[name].data_ptr()  # no copy of the weights
         assert not tensor.requires_grad
         assert name in parameters or name in dict(model.named_buffers())
+
+
+def test_weight_buckets_never_exceed_the_limit_except_for_one_large_tensor():
+    # float32 tensors of 25, 50, 75, 250 and 12 elements: 100, 200, 300, 1000 and 48 bytes; limit 400.
+    weights = [(f"w{i}", torch.zeros(n)) for i, n in enumerate((25, 50, 75, 250, 12))]
+    buckets = [[name for name, _ in bucket] for bucket in weight_buckets(iter(weights), 400)]
+    # 100+200 fit, +300 would be 600; 300 alone (+1000 too much); 1000 alone over the limit; 48.
+    assert buckets == [["w0", "w1"], ["w2"], ["w3"], ["w4"]]
+    assert list(weight_buckets(iter([]), 400)) == []
+
+
+def test_sync_casts_to_the_engine_dtype_and_loads_each_weight_once_in_buckets(tokenizer):
+    """A model of 5.1 MiB in bfloat16 through 1 MiB buckets (7 of them): several loads, each within the limit
+    (or one tensor), every weight once, and vLLM's copy holds the policy's weights rounded to bf16."""
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=512, num_layers=1, num_heads=4, intermediate_size=1024))
+    engine, llm = make_engine(model, tokenizer, sleep_level=0, dtype="bfloat16", bucket_mb=1)
+    sizes = {name: t.numel() * 2 for name, t in policy_weights(model)}
+    # In order, in MiB: embeddings 0.1 + q 0.5 | k 0.5 + v 0.5 | o 0.5 | gate 1 | up 1 | down 1 | norms.
+    assert llm.calls.count("load") == len(llm.inner.batches) == 7
+    for batch in llm.inner.batches:
+        assert len(batch) == 1 or sum(sizes[name] for name in batch) <= 2**20
+    assert sorted(llm.inner.loaded) == sorted(sizes)  # each weight exactly once
+    assert llm.inner.dtypes == {torch.bfloat16}
+    expected = {name: t.to(torch.bfloat16).float() for name, t in model.state_dict().items()}
+    for name, value in llm.inner.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    engine.sync_weights()
+    assert len(llm.inner.loaded) == 2 * len(sizes)
+
+
+def test_an_empty_generate_touches_nothing_on_one_process(model, tokenizer):
+    engine, llm = make_engine(model, tokenizer, sleep_level=2)
+    calls = list(llm.calls)
+    assert engine.generate([], GREEDY, n=2) == []
+    assert llm.calls == calls
 
 
 # ----------------------------------------------------------------------------- engine with a fake vLLM

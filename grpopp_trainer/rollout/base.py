@@ -71,6 +71,11 @@ class VLLMSettings(BaseModel):
     enable_prefix_caching: bool = True
     """Reuse the KV cache of shared prompt prefixes: the G completions of a group share their prompt."""
 
+    weight_sync_bucket_mb: int = Field(512, ge=1)
+    """Weights are handed to vLLM after each step in buckets of at most this many MiB (a larger
+    tensor alone): the most held at once beyond vLLM's own copy. Under torchrun each parameter is
+    first gathered from the FSDP shards."""
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -94,6 +99,10 @@ class Completion:
 
 class RolloutEngine(Protocol):
     """What the trainer needs from a generation backend."""
+
+    samples_from_policy: bool
+    """True when the engine decodes with the trainer's policy module itself (``hf``): under FSDP its
+    parameters are then unsharded while it generates. False when it holds its own copy (``vllm``)."""
 
     def generate(self, prompts: list[Prompt], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
         """``n`` completions for each prompt: result[i][j] is completion j of prompts[i]."""

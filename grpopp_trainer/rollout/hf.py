@@ -103,6 +103,8 @@ def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> tu
 class HFEngine:
     """Rollout engine over a transformers causal LM; implements ``RolloutEngine``."""
 
+    samples_from_policy = True
+
     def __init__(
         self,
         model: PreTrainedModel,

@@ -19,6 +19,14 @@ Design (as TRL's "colocate" mode and verl's hybrid engine, arXiv 2409.19256):
    and drops the KV cache; level 2 drops both (the weights come back by ``sync_weights`` anyway).
    ``generate`` wakes the engine up, loads the weights if they are not current, samples and puts
    it back to sleep.
+5. Under ``torchrun`` every rank has its own engine on its own GPU, built with vLLM's
+   ``external_launcher`` backend (as TRL's colocate mode and verl): tensor parallel size 1, so the
+   ranks are independent data-parallel samplers, each generating the prompts of its own share of
+   the groups. The policy is sharded by FSDP2, so ``sync_weights`` gathers each parameter
+   (``DTensor.full_tensor()``, a collective: every rank loads the same parameters in the same order)
+   and hands them to vLLM in buckets of ``weight_sync_bucket_mb``, never the whole model at once.
+   Every rank calls ``generate`` as often as the others, also with no prompts, so a pending
+   weight load (after sleep level 2) is a collective every rank joins.
 
 Shapes: none cross this boundary as tensors except the parameters themselves.
 """
@@ -30,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpopp_trainer.rollout.base import Completion, FinishReason, Prompt, SamplingParams, VLLMSettings, encode_prompt
@@ -90,21 +99,47 @@ def to_completion(prompt_ids: list[int], output: Any) -> Completion:
     )
 
 
-def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, tensor) of every parameter and persistent buffer, without copies.
+def policy_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, whole tensor) of every parameter and persistent buffer, one at a time.
 
-    Tied weights appear once (``named_parameters`` removes duplicates); vLLM ties them itself.
+    Tied weights appear once (``named_parameters`` removes duplicates); vLLM ties them itself. An
+    FSDP2 shard (``DTensor``) is gathered into the whole tensor (a collective); ``dtype`` casts
+    floating-point tensors to the engine's dtype (halving a float32 gather's size for bf16).
+    Unsharded tensors in their own dtype are yielded without a copy.
     """
     persistent = set(model.state_dict(keep_vars=True))
-    for name, parameter in model.named_parameters():
-        yield name, parameter.detach()
-    for name, buffer in model.named_buffers():
-        if name in persistent:
-            yield name, buffer.detach()
+    named = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if n in persistent)]
+    for name, tensor in named:
+        whole = tensor.detach()
+        if isinstance(whole, DTensor):
+            whole = whole.full_tensor()
+        if dtype is not None and whole.is_floating_point():
+            whole = whole.to(dtype)
+        yield name, whole
+
+
+def weight_buckets(
+    weights: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``weights`` in lists of at most ``bucket_bytes`` (a larger tensor alone), in order: what is
+    held at once while weights are handed to vLLM."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in weights:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
 
 
 class VLLMEngine:
     """Rollout engine over a colocated ``vllm.LLM``; implements ``RolloutEngine``."""
+
+    samples_from_policy = False  # vLLM decodes with its own copy of the weights
 
     def __init__(
         self,
@@ -115,21 +150,24 @@ class VLLMEngine:
         *,
         dtype: str = "bfloat16",
         seed: int = 0,
+        distributed: bool = False,
         llm: _LLM | None = None,
         make_sampling_params: Callable[..., Any] | None = None,
     ) -> None:
         """``model`` is the trainer's policy (its weights are loaded into vLLM at once and after each
-        step); ``source`` the checkpoint folder or hub id vLLM builds its copy of the model from.
-        ``llm`` and ``make_sampling_params`` stand in for ``vllm.LLM`` and ``vllm.SamplingParams``
-        in tests that isolate the adapter from vLLM."""
+        step); ``source`` the checkpoint folder or hub id vLLM builds its copy of the model from;
+        ``dtype`` vLLM's compute dtype (the learner's); ``seed`` this rank's sampling seed.
+        ``distributed``: under torchrun (one engine per rank, see 5. above; every rank must build
+        its engine at the same time). ``llm`` and ``make_sampling_params`` stand in for
+        ``vllm.LLM`` and ``vllm.SamplingParams`` in tests that isolate the adapter from vLLM."""
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
-        self.llm: _LLM = llm if llm is not None else _build_llm(source, settings, dtype, seed)
-        if make_sampling_params is None:
-            from vllm import SamplingParams
-
-            make_sampling_params = SamplingParams
+        self.dtype = getattr(torch, dtype)
+        self.distributed = distributed
+        if llm is None or make_sampling_params is None:
+            llm, make_sampling_params = _load_vllm(source, settings, dtype, seed, distributed)
+        self.llm: _LLM = llm
         self.make_sampling_params: Callable[..., Any] = make_sampling_params
         self.weights_on_gpu = True  # a fresh engine is awake
         self.kv_cache_on_gpu = True
@@ -141,8 +179,9 @@ class VLLMEngine:
         if not self.weights_on_gpu:
             self.llm.wake_up(tags=["weights"])  # the KV cache stays freed until the next generate
             self.weights_on_gpu = True
-        weights = list(policy_weights(self.model))
-        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
+        bucket_bytes = self.settings.weight_sync_bucket_mb * 2**20
+        for bucket in weight_buckets(policy_weights(self.model, self.dtype), bucket_bytes):
+            self.llm.apply_model(lambda vllm_model, bucket=bucket: vllm_model.load_weights(bucket))
         if self.kv_cache_on_gpu:
             self.llm.reset_prefix_cache()
         self.weights_current = True
@@ -151,11 +190,13 @@ class VLLMEngine:
         """``n`` completions for each prompt: result[i][j] is completion j of prompts[i]."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if not prompts:
+        if not prompts and not self.distributed:
             return []
         prompt_ids = [encode_prompt(self.tokenizer, prompt) for prompt in prompts]
         requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
         sampling = [self.make_sampling_params(**sampling_kwargs(params, n, i)) for i in range(len(prompts))]
+        # Under torchrun a rank without prompts still wakes, loads pending weights (a collective the
+        # other ranks are in) and sleeps, so every rank's engine stays in the same state (5.).
         outputs = self.awake_generate(requests, sampling)
         return [[to_completion(ids, o) for o in out.outputs] for ids, out in zip(prompt_ids, outputs, strict=True)]
 
@@ -170,7 +211,7 @@ class VLLMEngine:
             self.llm.wake_up(tags=["kv_cache"])
             self.kv_cache_on_gpu = True
             self.llm.reset_prefix_cache()  # no entry may survive from before the weights changed
-        outputs = self.llm.generate(list(requests), list(sampling), use_tqdm=False)
+        outputs = self.llm.generate(list(requests), list(sampling), use_tqdm=False) if requests else []
         if self.settings.sleep_level > 0:
             self.llm.sleep(level=self.settings.sleep_level)
             self.weights_on_gpu = self.kv_cache_on_gpu = False
@@ -178,8 +219,11 @@ class VLLMEngine:
         return outputs
 
 
-def _build_llm(source: str, settings: VLLMSettings, dtype: str, seed: int) -> _LLM:
-    """A ``vllm.LLM`` in this process, with the settings the engine relies on."""
+def _load_vllm(
+    source: str, settings: VLLMSettings, dtype: str, seed: int, distributed: bool
+) -> tuple[_LLM, Callable[..., Any]]:
+    """A ``vllm.LLM`` in this process, with the settings the engine relies on, and vLLM's
+    ``SamplingParams`` class."""
     if not torch.cuda.is_available():
         raise RuntimeError("rollout.engine='vllm' needs a CUDA GPU; use rollout.engine=hf on this machine")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 1. weights handed over in-process
@@ -189,6 +233,9 @@ def _build_llm(source: str, settings: VLLMSettings, dtype: str, seed: int) -> _L
         raise RuntimeError(
             "rollout.engine='vllm' needs the vllm extra: pip install -e '.[vllm]' (GPU machines only)"
         ) from exc
+    # 5. Under torchrun: vLLM joins the existing process group (RANK, LOCAL_RANK, MASTER_ADDR from
+    # torchrun) with one engine per rank; tensor parallel size 1 makes each an independent sampler.
+    launcher = {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1} if distributed else {}
     llm: _LLM = vllm.LLM(
         model=source,
         dtype=dtype,
@@ -199,5 +246,6 @@ def _build_llm(source: str, settings: VLLMSettings, dtype: str, seed: int) -> _L
         enforce_eager=settings.enforce_eager,
         enable_prefix_caching=settings.enable_prefix_caching,
         logprobs_mode="processed_logprobs",  # 2.
+        **launcher,
     )
-    return llm
+    return llm, vllm.SamplingParams
