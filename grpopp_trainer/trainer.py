@@ -89,6 +89,8 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         cfg, algorithm = self.config, self.config.algorithm
+        if self.policy.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.policy.device)  # the step's peak, logged at its end
         # 1-6. Prompts, completions, rewards, masks, dynamic sampling, overlong filtering.
         groups, stats = self.collect_groups()
         if not groups:  # every group had equal rewards in every round: nothing to learn from
@@ -393,6 +395,11 @@ class Trainer:
                 values = [s.reward.components[component].value for s in env_samples]
                 metrics[f"{env_name}/reward/{component}"] = _mean(values)
         metrics.update({k: v for k, v in update.items() if k != "train_tokens"})
+        if self.policy.device.type == "cuda":  # this rank's GPU (rank 0's under torchrun)
+            device = self.policy.device
+            metrics["memory/peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            free, total = torch.cuda.mem_get_info(device)
+            metrics["memory/device_used_gib"] = (total - free) / 2**30  # all processes, vLLM's pools included
         return metrics
 
     def save(self) -> Path | None:
