@@ -145,8 +145,9 @@ class Trainer:
             )
         stats.generation_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        groups = gather_shares(self.dist, score_groups(mine, completions, self.envs, self.limits))
+        scored = score_groups(mine, completions, self.envs, self.limits)
         stats.scoring_seconds += time.perf_counter() - started
+        groups = gather_shares(self.dist, scored)
         stats.generated_tokens += sum(len(s.completion.token_ids) for group in groups for s in group.samples)
         return groups
 
