@@ -7,8 +7,9 @@ tests/vllm_fake.py (through ``vllm_engine._load_vllm``, so everything else is th
 fake starts from a perturbed copy of the model, so a weight load that does not happen shows. The run
 has sleep level 2 (every generation after the first needs a load, a collective under FSDP), dynamic
 sampling on ``coin_half_flat`` (several generation rounds a step) and one evaluation task (rank 1
-evaluates no prompt at all). Each rank writes ``rank-R.json``: the largest difference between its
-engine's final weights and the saved final checkpoint, its calls to vLLM, and what the loader got.
+evaluates no prompt at all), and bf16 compute under FSDP (so vLLM gets bf16 weights). Each rank
+writes ``rank-R.json``: the largest difference between its engine's final weights and the saved
+final checkpoint rounded to bf16, its calls to vLLM, and what the loader got.
 
 ``eval``: greedy evaluation of 7 held-out tasks with the ``hf`` engine on the FSDP-sharded model; rank
 0 writes ``eval.json`` with every completion in task order, for comparison with one process (the
@@ -67,7 +68,7 @@ def train(model_dir: Path, out: Path) -> None:
     config_file.write_text(
         yaml.safe_dump(
             {
-                "model": {"name_or_path": str(model_dir)},
+                "model": {"name_or_path": str(model_dir), "fsdp_param_dtype": "bfloat16"},
                 "device": "auto",  # the config refuses vllm with device=cpu; auto is the CPU here
                 "steps": 2,
                 "seed": 5,
@@ -92,7 +93,7 @@ def train(model_dir: Path, out: Path) -> None:
     dist.barrier()  # rank 0 has written the final checkpoint
     (fake,) = FAKES
     final = AutoModelForCausalLM.from_pretrained(out / "run" / "checkpoints" / f"step-{summary.steps:06d}")
-    saved = final.state_dict()
+    saved = {name: value.to(torch.bfloat16).float() for name, value in final.state_dict().items()}
     gap = max(float((value - saved[name]).abs().max()) for name, value in fake.inner.model.state_dict().items())
     report = {
         "rank": info.rank,

@@ -122,8 +122,9 @@ VLLM_WORKER = str(HERE / "dist_vllm_worker.py")
 def test_vllm_engine_under_torchrun_follows_the_sharded_policy(tmp_path, model_dir):
     """``grpopp_trainer.run.train`` with ``rollout.engine=vllm`` on 2 processes, vLLM replaced by
     tests/vllm_fake.py: each rank's engine ends with exactly the saved weights (gathered from the
-    FSDP shards), every rank makes the same weight loads, sleeps and wake-ups (collectives stay
-    matched, also when rank 1 has no evaluation prompt), and each rank samples with its own seed."""
+    FSDP shards; the float32 master weights rounded to the bf16 compute dtype), every rank makes the
+    same weight loads, sleeps and wake-ups (collectives stay matched, also when rank 1 has no
+    evaluation prompt), and each rank samples with its own seed."""
     run([*TORCHRUN, VLLM_WORKER, "train", str(model_dir), str(tmp_path)])
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -132,8 +133,9 @@ def test_vllm_engine_under_torchrun_follows_the_sharded_policy(tmp_path, model_d
     rounds = int(sum(row["dynamic_sampling/rounds"] for row in steps))
     for rank, report in enumerate(ranks):
         assert report["weight_gap"] == 0.0  # the fake started 1.0 away from the model
-        assert report["loader"] == [{"dtype": "float32", "seed": 5 + rank, "distributed": True}]
-        assert report["loaded_dtypes"] == ["torch.float32"]
+        # vLLM computes in the learner's dtype (model.fsdp_param_dtype) and gets its weights in it.
+        assert report["loader"] == [{"dtype": "bfloat16", "seed": 5 + rank, "distributed": True}]
+        assert report["loaded_dtypes"] == ["torch.bfloat16"]
         # Loads: one at start-up, one before the first training round (the engine slept at level 2
         # after evaluating), one per further round, one after each step's update: 2 + rounds.
         assert report["calls"].count("load") == 2 + rounds

@@ -104,17 +104,17 @@ def policy_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> 
 
     Tied weights appear once (``named_parameters`` removes duplicates); vLLM ties them itself. An
     FSDP2 shard (``DTensor``) is gathered into the whole tensor (a collective); ``dtype`` casts
-    floating-point tensors to the engine's dtype (halving a float32 gather's size for bf16).
+    floating-point tensors to the engine's dtype (before the gather, halving it for float32 -> bf16).
     Unsharded tensors in their own dtype are yielded without a copy.
     """
     persistent = set(model.state_dict(keep_vars=True))
     named = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if n in persistent)]
     for name, tensor in named:
         whole = tensor.detach()
+        if dtype is not None and whole.is_floating_point():
+            whole = whole.to(dtype)  # a shard is cast before the gather: half the traffic float32 -> bf16
         if isinstance(whole, DTensor):
             whole = whole.full_tensor()
-        if dtype is not None and whole.is_floating_point():
-            whole = whole.to(dtype)
         yield name, whole
 
 
