@@ -246,8 +246,7 @@ def evaluate_engine(
     seed), and every rank gets all scored groups back in task order before step 4."""
     run = EvalRun()
     outcomes: list[TaskOutcome] = []
-    if dist.enabled and params.seed is not None:
-        params = params.model_copy(update={"seed": params.seed + dist.rank})
+    params = params.for_rank(dist.rank)
     for name, env in envs.items():
         tasks = my_share(dist, held_out_tasks(env, tasks_per_env[name]))  # 1.
         completions = engine.generate([t.prompt for t in tasks], params, n=settings.samples)  # 2.

@@ -135,9 +135,7 @@ class Trainer:
     def _generate_and_score(self, tasks: list[Task], params: SamplingParams, stats: CollectStats) -> list[Group]:
         """Generate and score ``tasks``; with several ranks each takes tasks rank, rank + world, ...
         (whole groups, its own sampling seed) and the scored groups are gathered in task order."""
-        mine = my_share(self.dist, tasks)
-        if self.dist.enabled and params.seed is not None:
-            params = params.model_copy(update={"seed": params.seed + self.dist.rank})
+        mine, params = my_share(self.dist, tasks), params.for_rank(self.dist.rank)
         started = time.perf_counter()
         with self._sampling():
             completions = self.engine.generate(

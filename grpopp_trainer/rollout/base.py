@@ -48,6 +48,11 @@ class SamplingParams(BaseModel):
     seed: int | None = None
     """Seed of the sampler for this call; None leaves the engine's generator as it is."""
 
+    def for_rank(self, rank: int) -> SamplingParams:
+        """These parameters on rank ``rank`` of a torchrun job: the seed offset by the rank, so ranks
+        never draw the same samples (rank 0, hence a single process, keeps the seed)."""
+        return self if self.seed is None or rank == 0 else self.model_copy(update={"seed": self.seed + rank})
+
 
 class VLLMSettings(BaseModel):
     """How the colocated vLLM engine is set up (``rollout.vllm``); used only with ``rollout.engine=vllm``."""
