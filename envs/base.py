@@ -134,6 +134,29 @@ class Environment(ABC, Generic[ConfigT]):
                 results.append(VerifyResult.error(f"verify raised {type(exc).__name__}: {exc}", self.name))
         return results
 
+    def judge_batch(self, tasks: Sequence[Task], completions: Sequence[str]) -> list[VerifyResult]:
+        """``verify_batch`` that never raises: the one way callers judge completions.
+
+        If the batch call raises (or returns something other than one ``VerifyResult`` per
+        completion), each completion is judged alone, so one sample that breaks the verifier costs
+        only its own verdict: it gets status "error" with the exception, and the others are graded.
+        """
+        try:
+            results = self.verify_batch(tasks, completions)
+            _check_results(results, len(tasks))
+            return results
+        except Exception:
+            return [self._judge_one(task, completion) for task, completion in zip(tasks, completions, strict=True)]
+
+    def _judge_one(self, task: Task, completion: str) -> VerifyResult:
+        try:
+            results = self.verify_batch([task], [completion])
+            _check_results(results, 1)
+            return results[0]
+        except Exception as exc:
+            reason = f"{self.name}.verify_batch raised {type(exc).__name__}: {exc}"
+            return VerifyResult.error(reason[:2000], self.name or type(self).__name__)
+
     def score_batch(
         self,
         tasks: Sequence[Task],
@@ -142,7 +165,7 @@ class Environment(ABC, Generic[ConfigT]):
         limits: LengthLimits,
     ) -> list[Reward]:
         """Verify and shape: the one path from completions to rewards, in training and evaluation."""
-        results = self.verify_batch(tasks, completions)
+        results = self.judge_batch(tasks, completions)
         return [
             compose_reward(result, completion, length, self.config.reward, limits)
             for result, completion, length in zip(results, completions, num_tokens, strict=True)
@@ -161,3 +184,13 @@ class Environment(ABC, Generic[ConfigT]):
     def describe(self) -> dict[str, Any]:
         """A short summary for ``grpopp envs list``."""
         return {"name": self.name, "train_tasks": self.num_tasks("train"), "test_tasks": self.num_tasks("test")}
+
+
+def _check_results(results: object, count: int) -> None:
+    """A verifier's answer must be one ``VerifyResult`` per completion, in order."""
+    if not isinstance(results, list) or len(results) != count:
+        size = len(results) if isinstance(results, list) else type(results).__name__
+        raise TypeError(f"verify_batch returned {size} results for {count} completions; return one per completion")
+    for result in results:
+        if not isinstance(result, VerifyResult):
+            raise TypeError(f"verify_batch returned a {type(result).__name__}, not a VerifyResult")

@@ -82,7 +82,7 @@ def check_env(env: Environment[Any], num_tasks: int = 20) -> CheckReport:
                 kept.append(task)
             except Exception as exc:  # e.g. a task without a reference answer: a failed check, not a crash
                 failures.append(f"{task.id}: making the completion raised {type(exc).__name__}: {exc}")
-        for task, result in zip(kept, env.verify_batch(kept, completions), strict=True):
+        for task, result in zip(kept, env.judge_batch(kept, completions), strict=True):
             if not result.judged:
                 failures.append(f"{task.id}: no verdict, {result.status} ({result.reason})")
             elif (result.status == "correct") != must_be_correct:

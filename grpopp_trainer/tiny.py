@@ -264,7 +264,7 @@ def correct_counts(
     engine = HFEngine(model, tokenizer, batch_size=256)
     params = SamplingParams(max_new_tokens=_EVAL_MAX_NEW_TOKENS, temperature=temperature, seed=seed)
     groups = engine.generate([_prompt_text(task) for task in tasks], params, n=samples)
-    results = env.verify_batch(
+    results = env.judge_batch(
         [task for task in tasks for _ in range(samples)], [c.text for group in groups for c in group]
     )
     correct = [result.status == "correct" for result in results]  # task-major: [len(tasks) x samples]
