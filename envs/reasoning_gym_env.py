@@ -4,10 +4,15 @@ reasoning-gym (https://github.com/open-thought/reasoning-gym) generates item ``i
 from ``random.Random(seed + idx)`` and judges an answer with the dataset's own ``score_answer``. This
 module wraps one dataset per split and adds what grpopp needs:
 
-- Splits: the train split is the dataset seeded ``seed mod 2^30``, the test split the one seeded
-  ``seed mod 2^30 + 2^30``. Both splits hold at most 2^30 items, so the per-item seeds of the two
-  splits never meet and their item streams are disjoint (a tiny task space, e.g. a few hundred
-  distinct questions, can still repeat a question across splits by chance). All seeds stay below
+- Splits, disjoint by content: the problem is the item's question; it is a test problem when its
+  hash falls in the test class (``envs.base.in_test_class``, share ``test_fraction``). Task i of a
+  split is item i of the first "round" whose question falls in the split's class: round r of the
+  train split is the dataset seeded ``seed mod 2^30 + r * size`` (size ``size``), round r of the
+  test split the one seeded ``seed mod 2^30 + 2^30 + r * test_size``. So task i looks at one item
+  per round and at most ``draw_budget`` rounds (about 1.1 for a train task and 1 / test_fraction
+  for a test task on average), never scans the stream, and every item can be regenerated alone.
+  Round 0 of the train split is the dataset of earlier versions, so most train items are unchanged.
+  ``size`` (``test_size``) times the rounds allowed stays within 2^30, so all seeds stay below
   2^32, as numpy seeding needs. Some datasets (list_functions, gsm_symbolic) also draw their item
   order from (seed, size), so changing ``size`` changes their items.
 - Verification: the final answer is taken from the completion in the configured format, the item
@@ -28,13 +33,14 @@ import copy
 import dataclasses
 import difflib
 import functools
+import itertools
 import math
 import numbers
 from typing import Any, Literal, TypeAlias
 
-from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
-from envs.base import EnvConfig, Environment, Split, Task
+from envs.base import Environment, ProceduralConfig, Split, Task, draw_budget
 from envs.registry import register_env
 from rewards.extract import EXTRACTORS, strip_thinking
 from rewards.types import VerifyResult
@@ -42,7 +48,8 @@ from rewards.types import VerifyResult
 AnswerFormat: TypeAlias = Literal["answer_tag", "boxed", "answer_line"]
 
 MAX_SPLIT_SIZE = 2**30
-"""Largest split; also the distance between the train and test seeds (see the module docstring)."""
+"""Largest split times its rounds; also the distance between the train and test seeds (see the module
+docstring)."""
 
 _SPLIT_SEED_OFFSET: dict[str, int] = {"train": 0, "test": MAX_SPLIT_SIZE}
 _RESERVED_OPTIONS = ("seed", "size")
@@ -77,7 +84,7 @@ def _known_tasks() -> dict[str, tuple[type, type]]:
     return dict(DATASETS)
 
 
-class ReasoningGymConfig(EnvConfig):
+class ReasoningGymConfig(ProceduralConfig):
     """Options of a reasoning-gym environment; the task's own knobs go in ``dataset_options``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -104,6 +111,19 @@ class ReasoningGymConfig(EnvConfig):
     instruction: str | None = None
     """Text appended to every question to ask for the answer format; None: the default for
     ``answer_format``; "" appends nothing (e.g. when the system prompt already says it)."""
+
+    @model_validator(mode="after")
+    def _seeds_in_range(self) -> ReasoningGymConfig:
+        splits: tuple[tuple[str, Split], ...] = (("size", "train"), ("test_size", "test"))
+        for field, split in splits:
+            rounds = draw_budget(split, self.test_fraction)
+            if getattr(self, field) * rounds > MAX_SPLIT_SIZE:
+                raise ValueError(
+                    f"{field}={getattr(self, field)} is too large: the {split} split may look at {rounds} rounds "
+                    f"of {field} items (test_fraction={self.test_fraction}), and their seeds must stay within "
+                    f"2^30; give at most {MAX_SPLIT_SIZE // rounds}"
+                )
+        return self
 
     @field_validator("task")
     @classmethod
@@ -226,12 +246,14 @@ class ReasoningGymEnv(Environment[ReasoningGymConfig]):
     """
 
     config_class = ReasoningGymConfig
+    split_probe_tasks = 1
+    """Items can take 50 ms to make (sokoban): construction only checks that each split can draw."""
 
     def __init__(self, config: ReasoningGymConfig) -> None:
         super().__init__(config)
         self.name = f"reasoning_gym:{config.task}"
         self.decided_by = f"reasoning_gym.{config.task}"
-        self._datasets: dict[str, Any] = {}
+        self._datasets: dict[tuple[Split, int], Any] = {}
         self._entry = functools.lru_cache(maxsize=_ENTRY_CACHE_SIZE)(self._generate_entry)
         if config.instruction is not None:
             self.instruction = config.instruction
@@ -250,14 +272,14 @@ class ReasoningGymEnv(Environment[ReasoningGymConfig]):
             raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
         return self.config.size if split == "train" else self.config.test_size
 
-    def dataset_seed(self, split: Split) -> int:
-        """The seed of the split's reasoning-gym dataset: item i is drawn from seed + i."""
-        return self.config.seed % MAX_SPLIT_SIZE + _SPLIT_SEED_OFFSET[split]
+    def dataset_seed(self, split: Split, round_index: int = 0) -> int:
+        """The seed of the split's dataset of round ``round_index``: its item i is drawn from seed + i."""
+        return self.config.seed % MAX_SPLIT_SIZE + _SPLIT_SEED_OFFSET[split] + round_index * self.num_tasks(split)
 
-    def dataset(self, split: Split) -> Any:
-        """The split's reasoning-gym dataset, built on first use."""
-        if split not in self._datasets:
-            seed, size = self.dataset_seed(split), self.num_tasks(split)
+    def dataset(self, split: Split, round_index: int = 0) -> Any:
+        """The reasoning-gym dataset of the split's round ``round_index``, built on first use."""
+        if (split, round_index) not in self._datasets:
+            seed, size = self.dataset_seed(split, round_index), self.num_tasks(split)
             try:
                 dataset = _reasoning_gym().create_dataset(
                     self.config.task, **self.config.dataset_options, seed=seed, size=size
@@ -267,17 +289,23 @@ class ReasoningGymEnv(Environment[ReasoningGymConfig]):
                     f"{self.name}: reasoning-gym could not build the {split} split "
                     f"(options {self.config.dataset_options}, seed {seed}, size {size}): {type(exc).__name__}: {exc}"
                 ) from exc
-            self._datasets[split] = dataset
-        return self._datasets[split]
+            self._datasets[(split, round_index)] = dataset
+        return self._datasets[(split, round_index)]
 
-    def _generate_entry(self, split: Split, index: int) -> dict[str, Any]:
+    def _generate_entry(self, split: Split, index: int) -> tuple[Any, dict[str, Any]]:
+        """(dataset, item) of task ``index``: item ``index`` of the first round whose question falls
+        in the split's hash class."""
         if not 0 <= index < self.num_tasks(split):
             raise IndexError(f"{self.name}: task {index} is out of range for the {split} split")
-        entry: dict[str, Any] = self.dataset(split)[index]
-        return entry
+        datasets = (self.dataset(split, round_index) for round_index in itertools.count())
+        rounds = ((dataset, dataset[index]) for dataset in datasets)
+        found: tuple[Any, dict[str, Any]] = self.first_in_split(
+            split, rounds, key=lambda candidate: str(candidate[1]["question"]), what=f"task {index}"
+        )
+        return found
 
     def task(self, index: int, split: Split = "train") -> Task:
-        entry = self._entry(split, index)
+        entry = self._entry(split, index)[1]
         question = entry["question"]
         text = f"{question}\n\n{self.instruction}" if self.instruction else question
         answer = entry.get("answer")
@@ -290,6 +318,10 @@ class ReasoningGymEnv(Environment[ReasoningGymConfig]):
             answer=None if answer is None else str(answer),
             metadata=json_safe_metadata(entry.get("metadata")),
         )
+
+    def instance_key(self, task: Task) -> str:
+        """The item's question (without the format instruction), regenerated from the task's index."""
+        return str(self._entry(task.split, task.index)[1]["question"])
 
     # -- verification --------------------------------------------------------------------------
 
@@ -305,7 +337,7 @@ class ReasoningGymEnv(Environment[ReasoningGymConfig]):
                 decided_by=self.decided_by,
             )
         try:
-            entry = self._entry(task.split, task.index)
+            dataset, entry = self._entry(task.split, task.index)
         except Exception as exc:
             return VerifyResult.error(f"cannot regenerate {task.id}: {type(exc).__name__}: {exc}", self.decided_by)
         gold = entry.get("answer")
@@ -315,12 +347,12 @@ class ReasoningGymEnv(Environment[ReasoningGymConfig]):
                 f"gold {_short(task.answer)} here {_short(gold)}",
                 self.decided_by,
             )
-        return self._score(answer, entry, task.split)
+        return self._score(answer, entry, dataset)
 
-    def _score(self, answer: str, entry: dict[str, Any], split: Split) -> VerifyResult:
+    def _score(self, answer: str, entry: dict[str, Any], dataset: Any) -> VerifyResult:
         """The dataset's ``score_answer`` as a verdict; the entry is copied in case it is mutated."""
         try:
-            raw = self.dataset(split).score_answer(answer, copy.deepcopy(entry))
+            raw = dataset.score_answer(answer, copy.deepcopy(entry))
             score = float(raw)
         except Exception as exc:
             return VerifyResult.error(

@@ -10,7 +10,9 @@ own file by ``--plugin``. ``make_env(name, **config)`` is the one way to build a
 - ``load_plugin("path/to/file.py")`` or ``load_plugin("package.module")`` imports a user's module.
 
 Registration checks the contract: an ``Environment`` subclass, a pydantic config that subclasses
-``EnvConfig``, no abstract method left, a new name. Mistakes are refused with the fix.
+``EnvConfig``, no abstract method left, a new name. Mistakes are refused with the fix. ``make_env``
+also refuses a procedural environment whose problem space is too small to split into train and
+test (``Environment.check_split_space``).
 """
 
 from __future__ import annotations
@@ -193,7 +195,8 @@ def env_class(name: str) -> tuple[type[Environment[Any]], dict[str, Any]]:
 
 
 def make_env(name: str, **config: Any) -> Environment[Any]:
-    """Build environment ``name`` with ``config`` validated against its pydantic config class."""
+    """Build environment ``name`` with ``config`` validated against its pydantic config class, and
+    check that its problem space can be split (``Environment.check_split_space``)."""
     cls, implied = env_class(name)
     try:
         cfg = validate_config(cls.config_class, {**config, **implied})
@@ -202,4 +205,5 @@ def make_env(name: str, **config: Any) -> Environment[Any]:
         raise ConfigError(f"env {name}: {lines}") from None
     env = cls(cfg)
     env.name = name
+    env.check_split_space()  # a SplitSpaceError (a ConfigError) names the environment and the fix
     return env

@@ -17,7 +17,11 @@ Output (``out``, default RUN_DIR/evals/<UTC time> for a run directory, else eval
 
 ``reverify(samples.jsonl)`` scores stored completions again with the current verifiers (the
 environments rebuilt from the results.json beside it), without generating, and reports each
-verdict or reward that changed.
+verdict or reward that changed; a task whose prompt is no longer the stored one is refused.
+``summarise_samples(samples.jsonl, settings)`` recomputes the metrics from the stored records alone.
+
+Only test-split tasks are evaluated: a task that is not one (by split, or by its problem's hash
+class, ``Environment.split_violation``) is refused with its id, here and in ``evaluate``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,15 @@ from envs.registry import make_env
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.config import TrainConfig, is_run_dir, load_run_config, load_train_config
 from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.evaluate import EvalRun, EvalSettings, evaluate_engine
+from grpopp_trainer.evaluate import (
+    EvalRun,
+    EvalSettings,
+    TaskOutcome,
+    evaluate_engine,
+    outcome_of,
+    require_held_out,
+    summarise,
+)
 from grpopp_trainer.rollout.base import SamplingParams
 from rewards.shaping import LengthLimits
 from rewards.types import Reward
@@ -219,13 +231,17 @@ def _append_samples(path: Path, point: Checkpoint, run: EvalRun) -> None:
                     "split": task.split,
                     "index": task.index,
                     "sample": number,
-                    "prompt": task.prompt if isinstance(task.prompt, str) else [m.model_dump() for m in task.prompt],
+                    "prompt": _prompt_json(task),
                     "completion": sample.completion.text,
                     "finish_reason": sample.completion.finish_reason,
                     "num_tokens": len(sample.completion.token_ids),
                     "reward": sample.reward.model_dump(mode="json"),
                 }
                 handle.write(json.dumps(_finite(record)) + "\n")
+
+
+def _prompt_json(task: Task) -> str | list[dict[str, Any]]:
+    return task.prompt if isinstance(task.prompt, str) else [m.model_dump() for m in task.prompt]
 
 
 # -- reverify ---------------------------------------------------------------------------------------
@@ -274,15 +290,23 @@ def reverify(samples_file: Path) -> ReverifyReport:
             if key not in built:
                 built[key] = (job, build_envs(job))
             split: Split = record["split"]
-            task = built[key][1][record["env"]].task(int(record["index"]), split)
+            env = built[key][1][record["env"]]
+            task = env.task(int(record["index"]), split)
             before = Reward.model_validate(record["reward"])
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             raise ConfigError(
                 f"{samples_file}:{number}: not a grpopp eval sample ({type(exc).__name__}: {exc})"
             ) from exc
+        _require_test_record(samples_file, number, record)
+        require_held_out(env, task)
         if task.id != record["task_id"]:
             raise ConfigError(
                 f"{samples_file}:{number}: task {record['task_id']} is now {task.id}: the environment's data changed"
+            )
+        if _prompt_json(task) != record.get("prompt"):
+            raise ConfigError(
+                f"{samples_file}:{number}: task {task.id} now has another prompt: the environment's tasks changed "
+                "since this evaluation (e.g. another split of its problems); evaluate again instead"
             )
         batches[(key, record["env"])].append((number, record, task, before))
     report = ReverifyReport(0, [], Counter(), Counter())
@@ -305,6 +329,57 @@ def reverify(samples_file: Path) -> ReverifyReport:
                 report.changes.append(change)
     report.changes.sort(key=lambda change: change.line)
     return report
+
+
+# -- summaries from samples.jsonl --------------------------------------------------------------------
+
+
+def summarise_samples(samples_file: Path, settings: EvalSettings) -> dict[str, dict[str, Any]]:
+    """The metrics of a samples.jsonl, recomputed from its records alone (no model, no verifier):
+    per checkpoint, ``{"envs": {env: summary}, "overall": summary}`` as ``evaluate.summarise`` makes
+    them. Samples are grouped by (checkpoint, task id) in sample order; a record of a train-split
+    task is refused."""
+    tasks: dict[str, dict[tuple[str, str], dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for number, line in enumerate(samples_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            checkpoint, env, task_id, sample = record["checkpoint"], record["env"], record["task_id"], record["sample"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{samples_file}:{number}: not a grpopp eval sample ({type(exc).__name__}: {exc})"
+            ) from exc
+        _require_test_record(samples_file, number, record)
+        tasks[str(checkpoint)][(env, task_id)][int(sample)] = record
+    results: dict[str, dict[str, Any]] = {}
+    for checkpoint, groups in tasks.items():
+        outcomes = [_record_outcome(env, task_id, samples) for (env, task_id), samples in groups.items()]
+        per_env = {
+            env: summarise([o for o in outcomes if o.env == env], settings, salt=f"{env}|")
+            for env in dict.fromkeys(o.env for o in outcomes)
+        }
+        results[checkpoint] = {"envs": per_env, "overall": summarise(outcomes, settings, salt="overall|")}
+    return results
+
+
+def _record_outcome(env: str, task_id: str, samples: dict[int, dict[str, Any]]) -> TaskOutcome:
+    records = [samples[number] for number in sorted(samples)]
+    try:
+        rewards = [Reward.model_validate(record["reward"]) for record in records]
+        lengths = [int(record["num_tokens"]) for record in records]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"task {task_id}: a sample lacks a valid reward or num_tokens ({exc})") from exc
+    truncated = [record.get("finish_reason") == "length" for record in records]
+    return outcome_of(env, task_id, rewards, lengths, truncated)
+
+
+def _require_test_record(samples_file: Path, number: int, record: dict[str, Any]) -> None:
+    if record.get("split") != "test":
+        raise ConfigError(
+            f"{samples_file}:{number}: task {record.get('task_id')} is from the {record.get('split')!r} split; "
+            "evaluation reads held-out (test-split) tasks only"
+        )
 
 
 def _versions() -> dict[str, str]:

@@ -8,11 +8,19 @@ as training rewards) and summarises per environment and overall:
 - ``pass@k`` for the asked k <= K: the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374,
   sec. 2.1), 1 - C(n - c, k) / C(n, k) with n judged samples of which c are correct, computed as a
   product so that no large binomial is formed.
-- ``maj@k``: the answer given most often among a task's first k judged samples (ties: the one seen
-  first) is the task's answer; it counts when that answer was judged correct. Only for environments
-  whose verifier reports the extracted answer (``VerifyResult.extracted``), as answers must be
-  comparable; a sample without an answer votes for "no answer", which is wrong.
+- ``maj@k``: the answer given most often among a task's first k judged samples is the task's
+  answer; it counts when that answer was judged correct. A sample without an answer votes for "no
+  answer", which is wrong, so a task whose k samples hold no answer counts as wrong. Ties go to the
+  answer seen first in sample order (``majority_correct``). Only for environments whose verifier
+  reports the extracted answer (``VerifyResult.extracted``) for some sample of the evaluation, as
+  answers must be comparable; there it is over the same tasks as pass@k (those with >= k judged
+  samples). At k = K (every sample judged) maj@K <= pass@K on every task; at k < K maj@k reads the
+  first k samples while pass@k averages over all k-subsets, so on one task it can be higher.
 - mean completion length (tokens) and truncation rate, and the verifier statuses counted.
+
+Every metric says over how many tasks it is (``tasks``) and from which environments (``envs``).
+The overall row pools the tasks of every environment that reports the metric and no other: its
+maj@k is over the tasks of the environments with answers only, never diluted by the others.
 
 Samples the verifier could not judge (timeout, error) are counted and reported, never scored as
 wrong: they leave n (a task whose judged samples fall below k gives no pass@k / maj@k value, and
@@ -20,10 +28,10 @@ the count of such tasks is reported). 95% confidence intervals come from a perce
 tasks (resampling tasks with replacement, ``bootstrap`` times, with a fixed seed).
 
 Held-out tasks: evaluation reads split "test" only, training split "train" only (``Mixture`` reads
-the train stream). The environment contract keeps the two disjoint for every seed: procedural
-environments draw each split from its own seed stream (env, seed, split, index), data environments
-read a separate file or a held-out slice chosen by a hash of the question. So no evaluated task can
-be in the training stream of the same seed.
+the train stream). The environment contract keeps the two disjoint by content for every seed:
+procedural environments split their problem space by a hash of each problem, data environments hold
+out rows by a hash of the question or read a separate file less the training questions (see
+``envs.base``). Evaluation refuses a task that is not a test-split task (``held_out_tasks``).
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from envs.base import Environment, Task
 from grpopp_trainer.batch import Group, score_groups
+from grpopp_trainer.config_tools import ConfigError
 from grpopp_trainer.distributed import SINGLE, DistInfo, gather_shares, my_share
 from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
 from rewards.shaping import LengthLimits
+from rewards.types import Reward
 
 JUDGED = ("correct", "incorrect", "unparseable")
 STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")
@@ -98,8 +108,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_correct(answers: Sequence[tuple[str | None, bool]]) -> bool:
-    """Whether the most frequent answer (ties: first seen) of (answer, correct) pairs is correct;
-    None (no answer found) is one more answer, and a wrong one."""
+    """Whether the most frequent answer of (answer, correct) pairs is correct. Ties go to the answer
+    whose first occurrence comes first. None (no answer found) is one more answer, and a wrong one:
+    all None, or None winning a tie, is wrong; an empty list is wrong."""
+    if not answers:
+        return False
     votes = Counter(answer for answer, _ in answers)
     best = max(votes.values())
     winner = next(answer for answer, _ in answers if votes[answer] == best)
@@ -133,23 +146,37 @@ class TaskOutcome:
 
 
 def task_outcome(group: Group) -> TaskOutcome:
-    statuses: list[str] = [s.reward.status for s in group.samples]
+    """The outcome of a scored group (what ``evaluate_engine`` produced)."""
+    return outcome_of(
+        group.task.env,
+        group.task.id,
+        [s.reward for s in group.samples],
+        [len(s.completion.token_ids) for s in group.samples],
+        [s.truncated for s in group.samples],
+    )
+
+
+def outcome_of(
+    env: str, task_id: str, rewards: Sequence[Reward], lengths: Sequence[int], truncated: Sequence[bool]
+) -> TaskOutcome:
+    """The outcome of a task's samples, in sample order: their rewards, token counts and whether each
+    hit the token limit (from a scored group, or from the records of samples.jsonl)."""
     answers: list[tuple[str | None, bool]] = []
     has_answers = False
-    for sample in group.samples:
-        verification = sample.reward.verification
+    for reward in rewards:
+        verification = reward.verification
         if verification is None or verification.status not in JUDGED:
             continue
         extracted = None if verification.extracted is None else " ".join(verification.extracted.split())
         has_answers |= extracted is not None
         answers.append((extracted, verification.status == "correct"))
     return TaskOutcome(
-        env=group.task.env,
-        task_id=group.task.id,
-        statuses=statuses,
+        env=env,
+        task_id=task_id,
+        statuses=[reward.status for reward in rewards],
         answers=answers,
-        lengths=[len(s.completion.token_ids) for s in group.samples],
-        truncated=[s.truncated for s in group.samples],
+        lengths=list(lengths),
+        truncated=list(truncated),
         has_answers=has_answers,
     )
 
@@ -159,10 +186,12 @@ class Estimate:
     value: float
     ci95: tuple[float, float]
     tasks: int
-    """Tasks that contributed (those with enough judged samples)."""
+    """Tasks that contributed (those with enough judged samples, of environments that report it)."""
+    envs: list[str] = field(default_factory=list)
+    """The environments those tasks come from."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "ci95": list(self.ci95), "tasks": self.tasks}
+        return {"value": self.value, "ci95": list(self.ci95), "tasks": self.tasks, "envs": self.envs}
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[float, float]:
@@ -178,27 +207,42 @@ def bootstrap_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[fl
     return (float(low), float(high))
 
 
-def estimate(values: Sequence[float], settings: EvalSettings, salt: str) -> Estimate:
+def estimate(
+    values: Sequence[float], settings: EvalSettings, salt: str, outcomes: Sequence[TaskOutcome] = ()
+) -> Estimate:
+    """The mean of per-task ``values`` with its bootstrap interval; ``outcomes`` are their tasks."""
     value = math.fsum(values) / len(values) if values else math.nan
     seed = random.Random(f"{settings.seed}|{salt}").getrandbits(31)
-    return Estimate(value, bootstrap_ci(values, settings.bootstrap, seed), len(values))
+    envs = sorted({o.env for o in outcomes})
+    return Estimate(value, bootstrap_ci(values, settings.bootstrap, seed), len(values), envs)
+
+
+def answer_reporting_envs(outcomes: Sequence[TaskOutcome]) -> set[str]:
+    """Environments whose verifier reported an extracted answer for some sample: those with maj@k."""
+    return {o.env for o in outcomes if o.has_answers}
 
 
 def summarise(outcomes: Sequence[TaskOutcome], settings: EvalSettings, salt: str = "") -> dict[str, Any]:
-    """Metrics of a set of tasks: avg@K, pass@k, maj@k with 95% CIs, length, truncation, statuses."""
+    """Metrics of a set of tasks (one environment's, or every environment's for the overall row):
+    avg@K, pass@k, maj@k with 95% CIs, length, truncation, statuses. Each metric is over the tasks
+    that can give it (``tasks`` counts them): avg@K over tasks with a judged sample, pass@k and maj@k
+    over tasks with >= k judged samples, maj@k only from environments that report answers."""
     ks = settings.resolved_ks()
     metrics: dict[str, Estimate] = {}
     judged = [o for o in outcomes if o.judged]
-    metrics[f"avg@{settings.samples}"] = estimate([o.correct / o.judged for o in judged], settings, f"{salt}avg")
+    metrics[f"avg@{settings.samples}"] = estimate(
+        [o.correct / o.judged for o in judged], settings, f"{salt}avg", judged
+    )
     for k in ks:
         eligible = [o for o in outcomes if o.judged >= k]
-        metrics[f"pass@{k}"] = estimate([pass_at_k(o.judged, o.correct, k) for o in eligible], settings, f"{salt}p{k}")
-    comparable = [o for o in outcomes if o.has_answers]
-    if comparable:
+        values = [pass_at_k(o.judged, o.correct, k) for o in eligible]
+        metrics[f"pass@{k}"] = estimate(values, settings, f"{salt}p{k}", eligible)
+    voting = answer_reporting_envs(outcomes)
+    if voting:
         for k in ks:
-            eligible = [o for o in comparable if o.judged >= k]
+            eligible = [o for o in outcomes if o.env in voting and o.judged >= k]  # pass@k's tasks of these envs
             votes = [float(majority_correct(o.answers[:k])) for o in eligible]
-            metrics[f"maj@{k}"] = estimate(votes, settings, f"{salt}m{k}")
+            metrics[f"maj@{k}"] = estimate(votes, settings, f"{salt}m{k}", eligible)
     lengths = [length for o in outcomes for length in o.lengths]
     truncated = [t for o in outcomes for t in o.truncated]
     statuses = Counter(status for o in outcomes for status in o.statuses)
@@ -225,9 +269,23 @@ class EvalRun:
 
 
 def held_out_tasks(env: Environment[Any], count: int) -> list[Task]:
-    """The first ``count`` tasks of the test split (all of them when it has fewer)."""
+    """The first ``count`` tasks of the test split (all of them when it has fewer); a task that is not
+    a test-split task (``Environment.split_violation``) is refused with its id."""
     size = env.num_tasks("test")
-    return [env.task(i, "test") for i in range(count if size is None else min(size, count))]
+    tasks = [env.task(i, "test") for i in range(count if size is None else min(size, count))]
+    for task in tasks:
+        require_held_out(env, task)
+    return tasks
+
+
+def require_held_out(env: Environment[Any], task: Task) -> None:
+    """Refuse to evaluate ``task`` unless it is a test-split task of ``env`` (by split and by problem)."""
+    reason = env.split_violation(task, "test")
+    if reason is not None:
+        raise ConfigError(
+            f"evaluation reads held-out tasks only, and {reason}: evaluating {task.id} would score a problem the "
+            f"model may have trained on; {env.name}.task(i, 'test') must return test-split tasks"
+        )
 
 
 def evaluate_engine(

@@ -29,14 +29,28 @@ Why a process pool of our own:
    and then answer ``False``, so after every job the worker also checks its peak address space: a
    job that came within 10% of the cap is reported as "error" and the worker is replaced. A worker
    that dies (EOF on its pipe) gives "error" for its job only; every other job is still graded.
-6. Gold answers are parsed once per distinct string, in a worker (parsing can hang too), cached in
-   the parent and sent parsed with each job (sympy objects pickle).
+6. Only plain data crosses the pipes: a job is (gold text, completion text), a result a
+   ``VerifyResult``. Each worker parses a gold answer the first time it meets it and keeps the
+   parse. (Parsed golds used to be sent from the parent: sympy objects do not survive pickling,
+   e.g. ``Eq(z, 1 + 1) & Eq(1 + 1, 2)`` from ``z = 1 + 1 = 2`` raised ``AttributeError`` while being
+   unpickled, and a gold set or interval came back changed.) Whatever still goes wrong with one job
+   (an exception in the worker, a message that cannot be read, a worker that dies) is that job's
+   "error"; the rest of the batch is graded.
+7. Throughput: jobs go to a worker in small chunks, and the worker answers each job as it finishes,
+   so the parent restarts the deadline per job while the pipe carries one message per chunk; the
+   configuration crosses once, when the worker starts.
+
+Grading follows math-verify: the gold answer is parsed as math-verify parses it (bare text is read as
+LaTeX, a bare number as math-verify's number reader reads it: "1,22" is 1.22), the completion's final
+answer is found (``rewards.extract.rank_answers``: the final statement wins, several boxes of one
+statement are one answer), and ``math_verify.verify`` compares them.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import multiprocessing
 import os
 import re
@@ -45,8 +59,8 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import TracebackType
@@ -54,7 +68,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.extract import EXTRACTORS, strip_thinking
+from rewards.extract import EXPLICIT_METHODS, Found, rank_answers, strip_thinking
 from rewards.types import VerifyResult
 
 AnswerSource = Literal["boxed", "answer_line", "last_number", "latex"]
@@ -65,6 +79,10 @@ _STARTUP_LIMIT_S = 120.0
 """A worker that is not ready this long after it was started is a broken installation: raise."""
 _MEMORY_NEAR_LIMIT = 0.9
 """A job whose peak address space used this share of the headroom is taken to have hit the limit."""
+_MAX_CHUNK = 16
+"""Most jobs sent to a worker in one message."""
+_GOLD_CACHE_SIZE = 20_000
+"""Parsed gold answers a worker keeps (the cache is emptied when it is full)."""
 _READY = "ready"
 
 
@@ -74,10 +92,13 @@ class MathVerifyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     extraction: tuple[AnswerSource, ...] = Field(("boxed", "answer_line", "latex", "last_number"), min_length=1)
-    """Where to look for the answer, tried in order once the reasoning is cut off (``strip_thinking``):
-    "boxed" = the last \\boxed{}, "answer_line" = "Answer: X" / "The answer is X", "latex" =
-    math-verify's own LaTeX and expression extraction over the whole text, "last_number" = the last
-    number in the text. The first source whose text math-verify can parse gives the answer."""
+    """Where to look for the answer once the reasoning is cut off (``strip_thinking``): "boxed" = the
+    final boxed statement (the last \\boxed{}, with boxes just before it joined by "and", "or" or
+    ","), "answer_line" = "Answer: X" / "The answer is X", "latex" = math-verify's own LaTeX and
+    expression extraction over the whole text, "last_number" = the last number standing as a token.
+    Of "boxed" and "answer_line", one that stands wholly after the other wins (a final-answer line
+    after the last box overrides it); otherwise sources are tried in this order, and the first whose
+    text math-verify can parse gives the answer."""
 
     timeout_seconds: float = Field(5.0, ge=1.0)
     """Hard wall-clock limit per call, enforced by the parent (the worker is killed and replaced).
@@ -95,24 +116,17 @@ class MathVerifyConfig(BaseModel):
     numeric_precision: int = Field(15, ge=1)
     """Significant digits of numeric comparisons (math-verify's ``numeric_precision``)."""
 
+    strict: bool = True
+    """math-verify's ``strict``: variables must match too (f(x) is not f(y)), and so must relation sides."""
+
+    allow_set_relation_comp: bool = False
+    """math-verify's ``allow_set_relation_comp``: a gold interval ``x \\in [-2, 7]`` also accepts the
+    relation ``-2 \\le x \\le 7`` (a gold relation always accepts the interval)."""
+
     @property
     def worker_count(self) -> int:
         """The number of worker processes, ``workers`` or the CPU count when it is 0."""
         return self.workers or os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class ParsedGold:
-    """A gold answer as math-verify parsed it, or the result every completion of it gets instead."""
-
-    text: str
-    """The gold answer as given."""
-
-    expressions: tuple[Any, ...] = ()
-    """math-verify's parse: sympy expressions and the matched strings."""
-
-    failure: VerifyResult | None = None
-    """Set when the gold could not be parsed: then no completion of it is graded."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,12 +135,30 @@ class ParsedGold:
 
 
 @dataclass(frozen=True)
+class _Job:
+    """One unit of work, plain text only: grade ``completion`` against ``gold``, or (``completion``
+    None) only check that ``gold`` parses."""
+
+    gold: str
+    completion: str | None = None
+
+
+@dataclass(frozen=True)
 class _Outcome:
-    """What became of one job: its value, or why there is none."""
+    """What became of one job: its result, or why there is none."""
 
     status: Literal["ok", "timeout", "error"]
-    value: Any = None
+    result: VerifyResult | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class _ParsedGold:
+    """A gold answer as math-verify parsed it (in a worker; never sent anywhere), or why it failed."""
+
+    text: str
+    expressions: tuple[Any, ...] = ()
+    failure: VerifyResult | None = None
 
 
 @dataclass(frozen=True)
@@ -189,51 +221,88 @@ def _address_space(field: str) -> int:
     return 0
 
 
-def _worker_main(conn: Connection, memory_limit_mb: int) -> None:
-    """A worker: import math-verify once, cap memory, say ready, then run jobs until told to stop."""
+class _Grader:
+    """A worker's state: the configuration, the memory guard and the parsed gold answers."""
+
+    def __init__(self, config: MathVerifyConfig) -> None:
+        self.config = config
+        self.memory = _MemoryGuard(config.memory_limit_mb)
+        self.golds: dict[str, _ParsedGold] = {}
+
+    def run(self, job: _Job) -> tuple[_Outcome, bool]:
+        """Run one job; return its outcome and whether this worker must retire (memory exhausted)."""
+        from math_verify.errors import TimeoutException
+
+        try:
+            gold = self.gold(job.gold)
+            if job.completion is None:
+                outcome = _Outcome("ok", gold.failure)
+            else:
+                outcome = _Outcome("ok", gold.failure or _grade(gold, job.completion, self.config))
+        except MemoryError:
+            return _Outcome("error", reason=self.memory.describe() + " (MemoryError)"), True
+        except TimeoutException as exc:
+            outcome = _Outcome("timeout", reason=f"math-verify's own timeout, under the hard limit: {_short(str(exc))}")
+        except Exception as exc:
+            outcome = _Outcome("error", reason=f"{type(exc).__name__}: {_short(str(exc))}")
+        if self.memory.near_limit():
+            return _Outcome("error", reason=self.memory.describe()), True
+        return outcome, False
+
+    def gold(self, text: str) -> _ParsedGold:
+        """The gold answer parsed (kept for the next job); a parse that timed out or raised is not kept."""
+        if text not in self.golds:
+            if len(self.golds) >= _GOLD_CACHE_SIZE:
+                self.golds.clear()
+            from math_verify.errors import TimeoutException
+
+            try:
+                self.golds[text] = _parse_gold(text, self.config)
+            except TimeoutException as exc:
+                return _ParsedGold(text, failure=_gold_failure("timeout", text, f"math-verify's timeout: {exc}"))
+            except Exception as exc:
+                return _ParsedGold(text, failure=_gold_failure("error", text, f"{type(exc).__name__}: {exc}"))
+        return self.golds[text]
+
+
+def _worker_main(conn: Connection, config: MathVerifyConfig) -> None:
+    """A worker: import math-verify once, cap memory, say ready, then run chunks of jobs until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import math_verify  # noqa: F401  -- the one import of math-verify and sympy, at start-up
 
-    memory = _MemoryGuard(memory_limit_mb)
+    grader = _Grader(config)
     conn.send(_READY)
     while True:
         try:
-            call = conn.recv()
+            chunk: list[_Job] | None = conn.recv()
         except EOFError:
             return
-        if call is None:
+        if chunk is None:
             return
-        outcome, retire = _run_job(call, memory)
-        conn.send((outcome, retire))
-        if retire:
-            return
-
-
-def _run_job(call: tuple[Callable[..., Any], tuple[Any, ...]], memory: _MemoryGuard) -> tuple[_Outcome, bool]:
-    """Run one job; return its outcome and whether this worker must retire (memory exhausted)."""
-    from math_verify.errors import TimeoutException
-
-    func, args = call
-    try:
-        outcome = _Outcome("ok", value=func(*args))
-    except MemoryError:
-        return _Outcome("error", reason=memory.describe() + " (MemoryError)"), True
-    except TimeoutException as exc:
-        outcome = _Outcome("timeout", reason=f"math-verify's own timeout, under the hard limit: {_short(str(exc))}")
-    except Exception as exc:
-        outcome = _Outcome("error", reason=f"{type(exc).__name__}: {_short(str(exc))}")
-    if memory.near_limit():
-        return _Outcome("error", reason=memory.describe()), True
-    return outcome, False
+        for job in chunk:
+            outcome, retire = grader.run(job)
+            try:
+                conn.send((outcome, retire))
+            except Exception as exc:  # a result that does not pickle: still one answer per job
+                conn.send((_Outcome("error", reason=f"the result could not be sent: {type(exc).__name__}"), retire))
+            if retire:
+                return
 
 
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")
 """An unescaped $, \\( or \\[ or a \\boxed: the text already marks its math (an escaped \\$ is a currency sign)."""
 _E_NOTATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)\s*$")
+_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:[,. ]\d+)*")
+"""A bare number, possibly with separators ("1,22", "1 000", "7,425,000"): read by math-verify's
+number reader, as math-verify reads such a gold itself (wrapped in $...$, "1,22" would be {1, 22})."""
 
 
-def _parse_math(text: str, seconds: int, wrap: bool = True) -> list[Any]:
-    """math-verify's parse of an answer; bare text is wrapped in $...$ so that LaTeX like x^2+1 is found."""
+def _parse_math(text: str, seconds: int, wrap: bool = True, boxed: bool = False) -> list[Any]:
+    """math-verify's parse of an answer; bare text is wrapped in $...$ so that LaTeX like x^2+1 is found.
+
+    ``boxed``: only math-verify's boxed patterns, tried first (``boxed_match_priority=0``, no
+    anchor-free LaTeX, no plain expressions): the final boxed statement, where boxes joined by "and",
+    "or" or "," or sharing one math environment are one answer (a tuple or set)."""
     from math_verify import parse
     from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
 
@@ -242,39 +311,83 @@ def _parse_math(text: str, seconds: int, wrap: bool = True) -> list[Any]:
         text = _E_NOTATION.sub(r"\1\\times 10^{\2}", text)
         if not _MATH_DELIMITER.search(text):
             text = f"${text}$"
-    config = [LatexExtractionConfig(), ExprExtractionConfig()]
+    config: list[LatexExtractionConfig | ExprExtractionConfig] = [LatexExtractionConfig(), ExprExtractionConfig()]
+    if boxed:
+        config = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
     return list(parse(text, extraction_config=config, parsing_timeout=seconds, raise_on_error=True))
 
 
-def _parse_gold(gold: str, config: MathVerifyConfig) -> ParsedGold:
-    """Parse a gold answer; one that yields no expression (only raw strings, or nothing) is unparseable."""
-    parsed = _parse_math(gold, _Budget(config.timeout_seconds).seconds())
-    if all(isinstance(item, str) for item in parsed):
-        reason = f"math-verify found no expression in the gold answer {_short(gold)!r} (got {parsed!r})"
-        return ParsedGold(gold, failure=VerifyResult.error(reason, decided_by="gold_unparseable"))
-    return ParsedGold(gold, tuple(parsed))
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_TEXT_COMMAND = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}")
+
+
+def _is_prose(text: str) -> bool:
+    """Two or more words (of three letters or more, outside LaTeX commands and \\text{}): a sentence
+    such as "Jane started Sphere 3 hours ago", which math-verify's own extraction reads (3), where
+    read as LaTeX it would be a product of letters."""
+    return len(_PROSE_WORD.findall(_TEXT_COMMAND.sub(" ", text))) >= 2
+
+
+def _parse_gold(gold: str, config: MathVerifyConfig) -> _ParsedGold:
+    """Parse a gold answer; one that yields nothing is unparseable. One that math-verify reads only as
+    a string (a text answer, or LaTeX it cannot convert) is compared as a string, as math-verify does."""
+    from math_verify import parse
+    from math_verify.parser import ExprExtractionConfig
+
+    seconds = _Budget(config.timeout_seconds).seconds()
+    text = gold.strip()
+    if _PLAIN_NUMBER.fullmatch(text):
+        parsed = list(parse(text, [ExprExtractionConfig()], parsing_timeout=seconds, raise_on_error=True))
+    else:
+        parsed = _parse_math(text, seconds)
+    if not parsed:
+        reason = f"math-verify found no answer in the gold answer {_short(gold)!r}"
+        return _ParsedGold(gold, failure=VerifyResult.error(reason, decided_by="gold_unparseable"))
+    return _ParsedGold(gold, tuple(parsed))
+
+
+def _gold_failure(status: Literal["timeout", "error"], gold: str, why: str) -> VerifyResult:
+    reason = f"parsing the gold answer {_short(gold)!r}: {_short(why)}"
+    return VerifyResult(status=status, score=0.0, reason=reason, decided_by="gold_parse")
+
+
+def _candidates(text: str, config: MathVerifyConfig) -> list[tuple[AnswerSource, Found | None]]:
+    """The answer sources to try, in order: the explicit markers as ``rank_answers`` orders them, then
+    the fallbacks in the configured order ("latex" carries no span: it reads the whole text)."""
+    ranked = rank_answers(text, [source for source in config.extraction if source != "latex"])
+    explicit: list[tuple[AnswerSource, Found | None]] = [
+        (source, found)  # type: ignore[misc]  # the sources come from config.extraction
+        for source, found in ranked
+        if source in EXPLICIT_METHODS
+    ]
+    found_by = dict(ranked)
+    fallbacks: list[tuple[AnswerSource, Found | None]] = [
+        (source, found_by.get(source))
+        for source in config.extraction
+        if source not in EXPLICIT_METHODS and (source == "latex" or source in found_by)
+    ]
+    return explicit + fallbacks
 
 
 def _find_answer(completion: str, config: MathVerifyConfig, budget: _Budget) -> _Answer | None:
-    """The first answer source in ``config.extraction`` that gives math-verify something to parse."""
+    """The first candidate answer (``_candidates``) that gives math-verify something to parse."""
     text = strip_thinking(completion)
-    for source in config.extraction:
-        if source == "latex":
+    for source, found in _candidates(text, config):
+        if found is not None and not found.text.strip():
+            return None  # an empty final \boxed{} is the model's answer: none, not a cue to look elsewhere
+        if found is None:  # "latex": math-verify's own extraction over the whole text
             parsed = _parse_math(text, budget.seconds(), wrap=False)
             span = next((item for item in parsed if isinstance(item, str)), "")  # the text it matched
+        elif source == "boxed":  # math-verify's own reading of the final boxed statement; shown as written
+            span, parsed = found.text, _parse_math(text, budget.seconds(), wrap=False, boxed=True)
         else:
-            found = EXTRACTORS[source](text)
-            if found is None:
-                continue
-            if not found.strip():
-                return None  # an empty final \boxed{} is the model's answer: none, not a cue to look elsewhere
-            span, parsed = found, _parse_math(found, budget.seconds())
+            span, parsed = found.text, _parse_math(found.text, budget.seconds(), wrap=not _is_prose(found.text))
         if parsed:
             return _Answer(parsed, span, source)
     return None
 
 
-def _grade(gold: ParsedGold, completion: str, config: MathVerifyConfig) -> VerifyResult:
+def _grade(gold: _ParsedGold, completion: str, config: MathVerifyConfig) -> VerifyResult:
     """Grade one completion against a parsed gold answer (runs in a worker)."""
     budget = _Budget(config.timeout_seconds)
     answer = _find_answer(completion, config, budget)
@@ -284,7 +397,7 @@ def _grade(gold: ParsedGold, completion: str, config: MathVerifyConfig) -> Verif
     return _compare(gold, answer, config, budget)
 
 
-def _compare(gold: ParsedGold, answer: _Answer, config: MathVerifyConfig, budget: _Budget) -> VerifyResult:
+def _compare(gold: _ParsedGold, answer: _Answer, config: MathVerifyConfig, budget: _Budget) -> VerifyResult:
     """math-verify's verify over every (gold, answer) parse pair: correct if any pair matches.
 
     Pairs are checked one by one, so a pair that times out or raises does not hide a match of
@@ -301,6 +414,8 @@ def _compare(gold: ParsedGold, answer: _Answer, config: MathVerifyConfig, budget
                 answer_item,
                 float_rounding=config.float_rounding,
                 numeric_precision=config.numeric_precision,
+                strict=config.strict,
+                allow_set_relation_comp=config.allow_set_relation_comp,
                 timeout_seconds=budget.seconds(),
                 raise_on_error=True,
             ):
@@ -317,7 +432,7 @@ def _compare(gold: ParsedGold, answer: _Answer, config: MathVerifyConfig, budget
 
 
 def _verdict(
-    status: Literal["correct", "incorrect", "timeout", "error"], gold: ParsedGold, answer: _Answer, how: str
+    status: Literal["correct", "incorrect", "timeout", "error"], gold: _ParsedGold, answer: _Answer, how: str
 ) -> VerifyResult:
     reason = f"{_short(answer.text)!r} (from {answer.source}) {how} gold {_short(gold.text)!r}"
     score = 1.0 if status == "correct" else 0.0
@@ -335,45 +450,56 @@ def _short(text: str, limit: int = 200) -> str:
 
 @dataclass
 class _Worker:
-    """One worker process as the parent sees it: starting, idle, or busy with job ``job``."""
+    """One worker process as the parent sees it: starting, idle, or busy with the jobs in ``jobs``
+    (sent in order; the first is running, with ``deadline``)."""
 
     process: BaseProcess
     conn: Connection
     started_at: float
     ready: bool = False
-    job: int | None = None
-    deadline: float = float("inf")
+    jobs: deque[int] = field(default_factory=deque)
+    deadline: float = math.inf
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
 
 
 class _WorkerPool:
-    """Spawned workers that run one job each at a time, with a hard wall-clock limit per job."""
+    """Spawned workers that run jobs one at a time, with a hard wall-clock limit per job.
 
-    def __init__(self, size: int, timeout_seconds: float, memory_limit_mb: int) -> None:
-        self._size = size
-        self._timeout_seconds = timeout_seconds
-        self._memory_limit_mb = memory_limit_mb
+    During ``run``, ``_pending`` holds the indices of jobs not yet sent and ``_outcomes`` what came
+    back; a job sent to a worker that is killed or dies before reaching it goes back to ``_pending``.
+    """
+
+    def __init__(self, config: MathVerifyConfig) -> None:
+        self._config = config
+        self._size = config.worker_count
+        self._timeout_seconds = config.timeout_seconds
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._pending: deque[int] = deque()
+        self._outcomes: list[_Outcome | None] = []
 
-    def run(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[_Outcome]:
-        """Run every call in the pool; outcomes in input order, none lost to a timeout or a crash."""
-        if not calls:
+    def run(self, jobs: Sequence[_Job]) -> list[_Outcome]:
+        """Run every job in the pool; outcomes in input order, none lost to a timeout or a crash."""
+        if not jobs:
             return []
-        outcomes: list[_Outcome | None] = [None] * len(calls)
-        pending = deque(range(len(calls)))
+        self._outcomes = [None] * len(jobs)
+        self._pending = deque(range(len(jobs)))
         while len(self._workers) < self._size:
             self._workers.append(self._start_worker())
         try:
-            while pending or any(worker.job is not None for worker in self._workers):
-                self._dispatch(pending, calls)
-                self._collect(outcomes)
-                self._expire(outcomes)
+            while self._pending or any(worker.busy for worker in self._workers):
+                self._dispatch(jobs)
+                self._collect()
+                self._expire()
         except BaseException:  # e.g. Ctrl-C: no busy worker may later answer into another batch
             self._abandon()
             raise
-        done = [outcome for outcome in outcomes if outcome is not None]
-        if len(done) != len(calls):
-            raise RuntimeError(f"internal error: {len(calls) - len(done)} of {len(calls)} jobs lost")
+        done = [outcome for outcome in self._outcomes if outcome is not None]
+        if len(done) != len(jobs):
+            raise RuntimeError(f"internal error: {len(jobs) - len(done)} of {len(jobs)} jobs lost")
         return done
 
     def close(self) -> None:
@@ -385,83 +511,107 @@ class _WorkerPool:
     def _abandon(self) -> None:
         """Stop every busy worker (the next run starts others): their jobs' batch is not waited for."""
         for worker in self._workers:
-            if worker.job is not None:
+            if worker.busy:
                 self._stop(worker, kill=True)
-        self._workers = [worker for worker in self._workers if worker.job is None]
+        self._workers = [worker for worker in self._workers if not worker.busy]
 
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._context.Pipe()
         process = self._context.Process(
-            target=_worker_main, args=(child_conn, self._memory_limit_mb), name="math-verify-worker", daemon=True
+            target=_worker_main, args=(child_conn, self._config), name="math-verify-worker", daemon=True
         )
         process.start()
         child_conn.close()  # the child's end: closed here, so the parent sees EOF when the child dies
         return _Worker(process, parent_conn, started_at=time.monotonic())
 
-    def _dispatch(self, pending: deque[int], calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
-        """Send the next pending job to each idle worker and start its deadline."""
+    def _dispatch(self, jobs: Sequence[_Job]) -> None:
+        """Send each idle worker a chunk of the pending jobs and start the first one's deadline.
+
+        Chunks are small next to the queue (a quarter of each worker's fair share, at most
+        ``_MAX_CHUNK``), so the workers finish close together."""
         for index, worker in enumerate(self._workers):
-            if not pending or not worker.ready or worker.job is not None:
+            if not self._pending:
+                return
+            if not worker.ready or worker.busy:
                 continue
-            job = pending.popleft()
+            size = max(1, min(_MAX_CHUNK, len(self._pending) // (4 * self._size)))
+            chunk = [self._pending.popleft() for _ in range(size)]
             try:
-                worker.conn.send(calls[job])
-            except OSError:  # died while idle: the job goes back to the queue
-                pending.appendleft(job)
+                worker.conn.send([jobs[job] for job in chunk])
+            except OSError:  # died while idle: the jobs go back to the queue
+                self._pending.extendleft(reversed(chunk))
                 self._replace(index)
                 continue
-            worker.job, worker.deadline = job, time.monotonic() + self._timeout_seconds
+            worker.jobs.extend(chunk)
+            worker.deadline = time.monotonic() + self._timeout_seconds
 
-    def _collect(self, outcomes: list[_Outcome | None]) -> None:
-        """Wait until a worker answers (or dies) or the next deadline, and take in what came back."""
-        ready = set(wait([worker.conn for worker in self._workers], timeout=self._seconds_to_next_deadline()))
+    def _collect(self) -> None:
+        """Wait until a worker answers (or dies) or the next deadline, and take in all that came back."""
+        ready = wait([worker.conn for worker in self._workers], timeout=self._seconds_to_next_deadline())
         for index, worker in enumerate(self._workers):
-            if worker.conn not in ready:
-                continue
+            if worker.conn in ready:
+                self._read(index)
+
+    def _read(self, index: int) -> None:
+        """Take every message waiting on worker ``index``'s pipe."""
+        worker = self._workers[index]
+        while True:
             try:
                 message = worker.conn.recv()
             except (EOFError, OSError):
-                self._on_death(index, outcomes)
-                continue
+                self._on_death(index)
+                return
+            except Exception as exc:  # an answer that cannot be read: its job is an error, the worker goes on
+                message = (
+                    _Outcome("error", reason=f"unreadable result: {type(exc).__name__}: {_short(str(exc))}"),
+                    False,
+                )
             if message == _READY:
                 worker.ready = True
-                continue
-            outcome, retire = message
-            outcomes[worker.job] = outcome  # type: ignore[index]  # a busy worker has a job
-            worker.job, worker.deadline = None, float("inf")
-            if retire:
-                self._replace(index)
+            elif worker.busy:
+                outcome, retire = message
+                self._outcomes[worker.jobs.popleft()] = outcome
+                worker.deadline = time.monotonic() + self._timeout_seconds if worker.busy else math.inf
+                if retire:
+                    self._replace(index)
+                    return
+            if not worker.conn.poll():
+                return
 
-    def _expire(self, outcomes: list[_Outcome | None]) -> None:
+    def _expire(self) -> None:
         """Kill and replace every worker past its job's hard deadline; fail loudly on a stuck start-up."""
         now = time.monotonic()
         for index, worker in enumerate(self._workers):
-            if worker.job is not None and now >= worker.deadline:
+            if worker.busy and now >= worker.deadline:
                 reason = f"hard limit of {self._timeout_seconds:g} s hit: the worker was killed and replaced"
-                outcomes[worker.job] = _Outcome("timeout", reason=reason)
+                self._outcomes[worker.jobs.popleft()] = _Outcome("timeout", reason=reason)
                 self._replace(index)
             elif not worker.ready and now - worker.started_at > _STARTUP_LIMIT_S:
                 raise RuntimeError(f"a math-verify worker did not start within {_STARTUP_LIMIT_S:g} s")
 
-    def _on_death(self, index: int, outcomes: list[_Outcome | None]) -> None:
-        """A worker's pipe closed: its job (if any) is an error; a worker that never started is fatal."""
+    def _on_death(self, index: int) -> None:
+        """A worker's pipe closed: its running job (if any) is an error; a worker that never started is fatal."""
         worker = self._workers[index]
         worker.process.join(timeout=5)
         code = worker.process.exitcode
         if not worker.ready:
             raise RuntimeError(f"a math-verify worker died while starting (exit code {code}); see its stderr")
-        if worker.job is not None:
+        if worker.busy:
             reason = f"the worker died while grading (exit code {code}): a crash or the memory limit"
-            outcomes[worker.job] = _Outcome("error", reason=reason)
+            self._outcomes[worker.jobs.popleft()] = _Outcome("error", reason=reason)
         self._replace(index)
 
     def _replace(self, index: int) -> None:
-        self._stop(self._workers[index], kill=True)
+        """Stop worker ``index`` and start another; the jobs it had not reached go back to the queue."""
+        worker = self._workers[index]
+        self._pending.extendleft(reversed(worker.jobs))
+        worker.jobs.clear()
+        self._stop(worker, kill=True)
         self._workers[index] = self._start_worker()
 
     def _seconds_to_next_deadline(self) -> float:
         now = time.monotonic()
-        deadlines = [worker.deadline for worker in self._workers if worker.job is not None]
+        deadlines = [worker.deadline for worker in self._workers if worker.busy]
         deadlines += [worker.started_at + _STARTUP_LIMIT_S for worker in self._workers if not worker.ready]
         return max(0.0, min(deadlines) - now) if deadlines else _STARTUP_LIMIT_S
 
@@ -487,8 +637,7 @@ class MathVerifier:
 
     def __init__(self, config: MathVerifyConfig | None = None) -> None:
         self.config = config or MathVerifyConfig()
-        self._pool = _WorkerPool(self.config.worker_count, self.config.timeout_seconds, self.config.memory_limit_mb)
-        self._golds: dict[str, ParsedGold] = {}
+        self._pool = _WorkerPool(self.config)
         self._lock = threading.Lock()
 
     def verify(self, gold: str, completion: str) -> VerifyResult:
@@ -496,18 +645,17 @@ class MathVerifier:
         return self.verify_many([(gold, completion)])[0]
 
     def verify_many(self, pairs: Sequence[tuple[str, str]]) -> list[VerifyResult]:
-        """Grade (gold, completion) pairs in parallel; results in input order."""
+        """Grade (gold, completion) pairs in parallel; results in input order. Never raises for a
+        pair: whatever goes wrong with one is its status "timeout" or "error"."""
         with self._lock:
-            golds = self._parse_golds({gold for gold, _ in pairs})
-            to_grade = [i for i, (gold, _) in enumerate(pairs) if golds[gold].failure is None]
-            calls = [(_grade, (golds[pairs[i][0]], pairs[i][1], self.config)) for i in to_grade]
-            graded = dict(zip(to_grade, map(_grading_result, self._pool.run(calls)), strict=True))
-            return [graded[i] if i in graded else _failure(golds[gold]) for i, (gold, _) in enumerate(pairs)]
+            outcomes = self._pool.run([_Job(str(gold), str(completion)) for gold, completion in pairs])
+        return [_grading_result(outcome) for outcome in outcomes]
 
-    def parse_gold(self, gold: str) -> ParsedGold:
-        """The gold answer as math-verify parses it (cached; ``failure`` set when it is unparseable)."""
+    def gold_problem(self, gold: str) -> VerifyResult | None:
+        """None when math-verify reads ``gold``; else the result every completion of it gets."""
         with self._lock:
-            return self._parse_golds({gold})[gold]
+            (outcome,) = self._pool.run([_Job(gold)])
+        return outcome.result if outcome.status == "ok" else _grading_result(outcome)
 
     def close(self) -> None:
         """Stop the workers; a later call starts new ones."""
@@ -522,41 +670,14 @@ class MathVerifier:
     ) -> None:
         self.close()
 
-    def _parse_golds(self, golds: set[str]) -> dict[str, ParsedGold]:
-        """Parse the golds not in the cache (in the workers, in parallel); cache the deterministic ones."""
-        new = sorted(golds - self._golds.keys())
-        outcomes = self._pool.run([(_parse_gold, (gold, self.config)) for gold in new])
-        parsed = {gold: _gold_result(gold, outcome) for gold, outcome in zip(new, outcomes, strict=True)}
-        for gold, result in parsed.items():
-            if result.failure is None or result.failure.decided_by == "gold_unparseable":
-                self._golds[gold] = result  # a timeout or a crash is retried with the next batch
-        return {gold: self._golds.get(gold) or parsed[gold] for gold in golds}
-
-
-def _failure(gold: ParsedGold) -> VerifyResult:
-    if gold.failure is None:
-        raise RuntimeError(f"internal error: gold {gold.text!r} parsed but its completion was not graded")
-    return gold.failure
-
 
 def _grading_result(outcome: _Outcome) -> VerifyResult:
-    """A grading job's outcome as a VerifyResult: the worker's verdict, or the timeout / error."""
-    if outcome.status == "ok":
-        result: VerifyResult = outcome.value
-        return result
+    """A job's outcome as a VerifyResult: the worker's verdict, or the timeout / error."""
+    if outcome.status == "ok" and isinstance(outcome.result, VerifyResult):
+        return outcome.result
     if outcome.status == "timeout":
         return VerifyResult.timeout(outcome.reason, decided_by="math_verify")
-    return VerifyResult.error(outcome.reason, decided_by="math_verify")
-
-
-def _gold_result(gold: str, outcome: _Outcome) -> ParsedGold:
-    """A gold-parsing job's outcome; parsing that timed out or crashed fails every completion of it."""
-    if outcome.status == "ok":
-        parsed: ParsedGold = outcome.value
-        return parsed
-    reason = f"parsing the gold answer {_short(gold)!r}: {outcome.reason}"
-    failure = VerifyResult(status=outcome.status, score=0.0, reason=reason, decided_by="gold_parse")
-    return ParsedGold(gold, failure=failure)
+    return VerifyResult.error(outcome.reason or "the worker sent no result", decided_by="math_verify")
 
 
 _SHARED: dict[MathVerifyConfig, MathVerifier] = {}

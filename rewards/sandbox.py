@@ -145,7 +145,7 @@ class SandboxConfig(BaseModel):
     """Captured stderr cap; past it the run is killed and reported truncated (limit "stderr")."""
 
     channel_max_bytes: int = Field(4 << 20, ge=1024)
-    """Cap of the result channel (``run(channel=True)``), e.g. the function-call driver's JSON."""
+    """Cap of the result channel (``run(channel=True)``), e.g. the judging harness's verdict records."""
 
     isolation: Isolation = "bwrap"
     """"bwrap": full container (default). "rlimits": the weaker mode, only when chosen explicitly."""

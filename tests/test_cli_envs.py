@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 GRPOPP = str(Path(sys.executable).with_name("grpopp"))
+WORD_PLUGIN = str(Path(__file__).parent / "plugins" / "word_envs.py")
 
 BROKEN_PLUGIN = '''
 from envs.base import EnvConfig, Environment, Task
@@ -71,7 +72,27 @@ def test_envs_check_passes_for_builtins():
     for name in ("arithmetic", "countdown"):
         result = grpopp("envs", "check", name, "-n", "5")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "FAIL" not in result.stdout and result.stdout.count("pass") == 5
+        assert "FAIL" not in result.stdout and result.stdout.count("pass") == 6
+        assert "train/test disjoint by content" in result.stdout and "600/600 ok" in result.stdout
+
+
+def test_envs_check_fails_overlapping_splits_and_names_the_prompts():
+    # words_shared: 15 words, train and test tasks pick from all of them (ids differ, prompts do not)
+    result = grpopp("envs", "check", "words_shared", "--plugin", WORD_PLUGIN, "--content-tasks", "200")
+    assert result.returncode == 1, result.stdout + result.stderr
+    row = result.stdout[result.stdout.index("train/test disjoint") :]
+    assert "FAIL" in result.stdout and "200/400 ok" in row
+    assert "words_shared/test/0 has the prompt of words_shared/train/" in " ".join(row.split())
+
+
+def test_a_space_too_small_to_split_is_refused_with_the_fix():
+    result = grpopp("envs", "sample", "arithmetic", "--set", "max_operand=3")
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "too small to split into train and test: 32 distinct expressions" in message
+    assert "raise max_operand or num_operands" in message
+    result = grpopp("envs", "sample", "words", "--plugin", WORD_PLUGIN)
+    assert result.returncode == 2 and "words: the test split holds only 2 distinct problems" in result.stderr
 
 
 def test_envs_check_fails_a_broken_plugin(tmp_path):

@@ -1,6 +1,7 @@
 """The ``code`` environment: the shipped sample (every reference solution passes in the sandbox),
 program extraction, reward modes, loaders for APPS/TACO, MBPP and HumanEval rows, and errors."""
 
+import gzip
 import json
 
 import pytest
@@ -67,7 +68,9 @@ def test_every_reference_solution_passes_and_wrong_ones_do_not():
     sandbox, wrong and empty ones do not, and every verdict is a verdict (no timeout or error)."""
     report = check_env(make_env("code", **FAST), num_tasks=31)
     assert report.ok, [r for r in report.results if not r.passed]
-    assert [r.detail for r in report.results][2] == "31/31 ok"  # gold answers, all 31 checked
+    details = {r.name: r.detail for r in report.results}
+    assert details["gold answers score correct"] == "31/31 ok"  # all 31 checked
+    assert details["wrong answers do not score correct"] == "31/31 ok"
 
 
 # -- extraction ----------------------------------------------------------------------------------
@@ -193,12 +196,19 @@ def test_loaders_for_each_format(tmp_path):
     )
     tasks = [env.task(i) for i in range(4)]
     assert tasks[0].metadata["kind"] == "stdio" and tasks[0].tests == [{"input": "1 2\n3 4\n", "output": "3\n7\n"}]
-    assert tasks[1].metadata["fn_name"] == "square" and tasks[1].tests[0]["also_accept"] == [9]
+    assert tasks[1].metadata["fn_name"] == "square"
+    assert tasks[1].tests[0] == {
+        "type": "call",
+        "args": [3],
+        "expected": [9],
+        "source": f"{tmp_path}/d.jsonl:2 input_output[0]",
+    }
     assert "def square(x):" in str(tasks[1].prompt)  # starter code shown
-    assert tasks[2].metadata["fn_name"] == "add" and [t["expected"] for t in tasks[2].tests] == [3, 0]
+    assert tasks[2].metadata["fn_name"] == "add" and [t["code"] for t in tasks[2].tests] == MBPP["test_list"]
     assert "`add(1, 2)`" in str(tasks[2].prompt) and "== 3" not in str(tasks[2].prompt)  # arguments only
-    assert tasks[3].metadata["fn_name"] == "inc" and tasks[3].tests[0]["args"] == [1]
-    assert "def inc(x: int)" in str(tasks[3].prompt)
+    assert tasks[3].metadata["fn_name"] == "inc" and [t["code"] for t in tasks[3].tests] == ["check(inc)\n"]
+    assert tasks[3].metadata["setup"] == HUMANEVAL["prompt"] + "\n" + HUMANEVAL["test"]
+    assert "def inc(x: int)" in str(tasks[3].prompt) and "candidate(1)" not in str(tasks[3].prompt)
     assert env.gold_completion(tasks[3]).count("return x + 1") == 1
 
 
@@ -215,14 +225,69 @@ def test_loaded_reference_solutions_pass(tmp_path):
     assert [r.status for r in results] == ["correct"] * 4, [r.reason for r in results]
 
 
-def test_unconvertible_asserts_fail_loading_with_file_and_line(tmp_path):
-    bad = {**MBPP, "test_list": ["assert add(1, 2) == 3", "assert sorted(add([1], [2])) == [1, 2]"]}
-    path = write_jsonl(tmp_path / "d.jsonl", [MBPP, bad])
-    with pytest.raises(DataFileError, match=rf"{path}:2 test_list\[1\], line 1: cannot convert"):
-        make_env("code", path=str(path))
-    with pytest.warns(UserWarning, match="skipped 1 problems"):
-        env = make_env("code", path=str(path), skip_unconvertible=True, test_fraction=0.0)
-    assert env.num_tasks("train") == 1
+@needs_bwrap
+def test_any_test_code_runs_loops_setup_code_helpers_and_tuples(tmp_path):
+    """Rows the old assert-to-pairs conversion refused: a loop over random inputs and a helper of
+    the prompt (HumanEval), test_setup_code, a tuple() of the result, a float expression (MBPP)."""
+    humaneval = {
+        **HUMANEVAL,
+        "prompt": "def helper(x):\n    return x + 1\n\n\n" + HUMANEVAL["prompt"],
+        "test": "import random\n\n\ndef check(candidate):\n    rng = random.Random(0)\n    for _ in range(50):\n"
+        "        x = rng.randint(-9, 9)\n        assert candidate(x) == helper(x)\n",
+    }
+    mbpp = {
+        **MBPP,
+        "code": "def add(a, b):\n    return a + b\n",
+        "test_setup_code": "PAIRS = [(1, 2), (2.0, 3.0)]",
+        "test_list": ["assert tuple(add((1,), (2,))) == (1, 2)", "assert add(*PAIRS[1]) == 2.0 / 3.0 + 4 + 1 / 3"],
+    }
+    env = make_env("code", path=str(write_jsonl(tmp_path / "d.jsonl", [humaneval, mbpp])), test_fraction=0.0, **FAST)
+    tasks = [env.task(0), env.task(1)]
+    results = env.verify_batch(tasks, [env.gold_completion(t) for t in tasks])
+    assert [r.status for r in results] == ["correct", "correct"], [r.reason for r in results]
+    wrong = env.verify_batch(tasks, [block("def inc(x):\n    return x"), block("def add(a, b):\n    return [a, b]")])
+    assert [r.status for r in wrong] == ["incorrect", "incorrect"]
+    assert "assertion failed at <setup> line 15: `assert candidate(x) == helper(x)`" in wrong[0].reason
+    assert "last call inc(" in wrong[0].reason
+    assert wrong[1].reason.startswith("0/2 tests passed; test 0: wrong answer: assertion failed at <test 0> line 1")
+
+
+@needs_bwrap
+def test_test_code_that_fails_by_itself_is_no_verdict(tmp_path):
+    """A setup that raises, or a test that passes a function to the program (which cannot cross),
+    is a problem of the data: status "error" (the sample is masked), never a wrong answer."""
+    broken = {**HUMANEVAL, "test": "import no_such_module\n\n\n" + HUMANEVAL["test"]}
+    lambda_arg = {**MBPP, "test_list": ["assert add(lambda: 1, 2) == 3"]}
+    env = make_env("code", path=str(write_jsonl(tmp_path / "d.jsonl", [broken, lambda_arg])), test_fraction=0.0, **FAST)
+    tasks = [env.task(0), env.task(1)]
+    results = env.verify_batch(tasks, [env.gold_completion(t) for t in tasks])
+    assert [r.status for r in results] == ["error", "error"]
+    assert results[0].reason == (
+        "no verdict: the test setup raised ModuleNotFoundError: No module named 'no_such_module' at <setup> "
+        "line 4: `import no_such_module` (a problem of the data, not of the program)"
+    )
+    assert "the test passes a function to add: only plain data can cross to the program" in results[1].reason
+
+
+def test_gzip_jsonl_loads_like_jsonl(tmp_path):
+    plain = write_jsonl(tmp_path / "d.jsonl", [MBPP, HUMANEVAL])
+    packed = tmp_path / "d.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    one, other = (
+        make_env("code", path=str(plain), test_fraction=0.0),
+        make_env("code", path=str(packed), test_fraction=0.0),
+    )
+    for index in range(2):
+        got, want = other.task(index), one.task(index)
+        assert [{**t, "source": ""} for t in got.tests] == [{**t, "source": ""} for t in want.tests]
+        assert {**got.metadata, "source": ""} == {**want.metadata, "source": ""}
+    assert other.task(1).metadata["source"] == f"{packed}:2"
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataFileError, match="bad.jsonl.gz: cannot read it as gzip"):
+        make_env("code", path=str(tmp_path / "bad.jsonl.gz"))
+    (tmp_path / "d.csv").write_text("x")
+    with pytest.raises(DataFileError, match="unsupported file type '.csv'"):
+        make_env("code", path=str(tmp_path / "d.csv"))
 
 
 @pytest.mark.parametrize(
@@ -233,7 +298,16 @@ def test_unconvertible_asserts_fail_loading_with_file_and_line(tmp_path):
         ({"question": "x", "input_output": {"inputs": "1"}}, "needs lists 'inputs' and 'outputs'"),
         ({"prompt": "x"}, "unknown row format"),
         ({"test_list": ["assert f(1) == 1"]}, "missing text field 'text' or 'prompt'"),
-        ({**MBPP, "test_setup_code": "import x"}, "test_setup_code is not supported"),
+        (
+            {**MBPP, "test_list": ["assert add(1, 2) == 3", "assert add(1 2) == 3"]},
+            "test_list[1], line 1: the test code",
+        ),
+        ({**MBPP, "test_setup_code": "x ="}, "test_setup_code, line 1: the test code does not parse"),
+        ({**MBPP, "test_list": "assert add(1, 2) == 3"}, "test_list must be a list of strings"),
+        ({**MBPP, "test_list": ["assert len('ab') == 2"]}, "test_list calls no function of the solution"),
+        ({k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, "a HumanEval row needs 'entry_point'"),
+        ({**HUMANEVAL, "test": "def check(candidate):\n    assert candidate(1) = 2\n"}, "test, line 2: the test code"),
+        ({**HUMANEVAL, "test": "assert inc(1) == 2\n"}, "the test code defines no `def check(candidate):`"),
         ("[1, 2]", "expected a JSON object per line"),
     ],
 )

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.eval_job import parse_eval_env, resolve_targets
+from grpopp_trainer.eval_job import parse_eval_env, resolve_targets, summarise_samples
 from grpopp_trainer.evaluate import (
     EvalSettings,
     TaskOutcome,
@@ -71,6 +71,12 @@ def test_majority_vote_ties_go_to_the_first_answer_and_no_answer_is_wrong():
     assert not majority_correct([("3", False), ("4", True)])  # tie: "3" was first
     assert majority_correct([("4", True), ("3", False)])
     assert not majority_correct([(None, False), (None, False), ("4", True)])
+    assert not majority_correct([(None, False), ("4", True)])  # tie: "no answer" was first
+    assert majority_correct([("4", True), (None, False)])
+    assert not majority_correct([(None, False)] * 3)  # no answer at all: wrong
+    assert not majority_correct([])
+    # the tie goes to the answer whose FIRST occurrence is first, not to the last vote counted
+    assert majority_correct([("4", True), ("3", False), ("3", False), ("4", True)])
 
 
 def outcome(correct: list[bool | None], answers: list[str | None] | None = None, env: str = "e") -> TaskOutcome:
@@ -112,6 +118,16 @@ def test_summary_of_hand_made_tasks():
         assert low <= metric["value"] <= high
 
 
+def test_tasks_without_any_answer_count_wrong_for_maj_at_k():
+    with_answer = outcome([True, True], answers=["4", "4"])
+    silent = outcome([False, False], answers=[None, None])  # e.g. two unparseable samples
+    silent.has_answers = False
+    summary = summarise([with_answer, silent], EvalSettings(samples=2, bootstrap=0))
+    metrics = summary["metrics"]
+    assert metrics["maj@2"]["value"] == 0.5 and metrics["maj@2"]["tasks"] == 2  # not 1.0 over one task
+    assert metrics["pass@2"]["value"] == 0.5 and metrics["pass@2"]["tasks"] == 2
+
+
 def test_timeouts_are_never_counted_as_wrong():
     judged_only = summarise([outcome([True, False])], EvalSettings(samples=2, bootstrap=0))
     with_timeouts = summarise([outcome([True, None, False, None])], EvalSettings(samples=4, bootstrap=0))
@@ -150,6 +166,114 @@ def test_env_arguments_and_checkpoint_choice_errors(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"steps": -3}))
     with pytest.raises(ConfigError, match=r"run/config\.yaml: steps: Input should be greater than or equal to 1"):
         resolve_targets([str(run)], "last")
+
+
+# ----------------------------------------------------------------------------- a samples.jsonl by hand
+
+
+def record(env: str, task: int, sample: int, status: str, extracted: str | None = None, **extra) -> dict:
+    """One line of samples.jsonl as ``grpopp eval`` writes it (``eval_job._append_samples``)."""
+    correct = float(status == "correct")
+    verification = {"status": status, "score": correct, "reason": "", "decided_by": "hand", "extracted": extracted}
+    line = {
+        "checkpoint": "ckpt",
+        "step": None,
+        "env": env,
+        "task_id": f"{env}/test/{task}",
+        "split": "test",
+        "index": task,
+        "sample": sample,
+        "prompt": f"task {task}",
+        "completion": "...",
+        "finish_reason": "stop",
+        "num_tokens": 10,
+        "reward": {
+            "total": correct,
+            "components": {"correctness": {"value": correct, "weight": 1.0}},
+            "status": status,
+            "valid": status not in ("timeout", "error"),
+            "errors": [],
+            "verification": verification,
+        },
+    }
+    return {**line, **extra}
+
+
+# K = 4 samples per task. "arith" reports extracted answers; "coin" never does (extracted None).
+HAND_SAMPLES = [
+    # arith/test/0: "5" ok, "5" ok, "7" wrong, unparseable -> n=4, c=2
+    record("arith", 0, 0, "correct", "5"),
+    record("arith", 0, 1, "correct", " 5 "),  # the same answer once whitespace is normalised
+    record("arith", 0, 2, "incorrect", "7"),
+    record("arith", 0, 3, "unparseable"),
+    # arith/test/1: four unparseable samples, all truncated at 32 tokens -> n=4, c=0, no answer at all
+    *[record("arith", 1, i, "unparseable", finish_reason="length", num_tokens=32) for i in range(4)],
+    # arith/test/2: "3" wrong, "4" ok, a timeout, "4" ok -> n=3 judged, c=2 (written in reverse order)
+    *reversed(
+        [
+            record("arith", 2, 0, "incorrect", "3"),
+            record("arith", 2, 1, "correct", "4"),
+            record("arith", 2, 2, "timeout"),
+            record("arith", 2, 3, "correct", "4"),
+        ]
+    ),
+    # coin/test/0: ok, wrong, ok, ok -> n=4, c=3; coin/test/1: four wrong -> n=4, c=0
+    *[record("coin", 0, i, status) for i, status in enumerate(["correct", "incorrect", "correct", "correct"])],
+    *[record("coin", 1, i, "incorrect") for i in range(4)],
+]
+
+
+def test_summary_of_a_hand_built_samples_file(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in HAND_SAMPLES))
+    (point,) = summarise_samples(path, EvalSettings(samples=4, bootstrap=0)).values()
+    arith, coin, overall = point["envs"]["arith"], point["envs"]["coin"], point["overall"]
+
+    def value(summary, metric):
+        return summary["metrics"][metric]["value"]
+
+    # arith. per task (c/n): 2/4, 0/4, 2/3
+    assert value(arith, "avg@4") == pytest.approx((1 / 2 + 0 + 2 / 3) / 3, abs=1e-12)
+    assert value(arith, "pass@1") == pytest.approx((1 / 2 + 0 + 2 / 3) / 3, abs=1e-12)
+    # pass@2: 1 - C(2,2)/C(4,2) = 5/6; 0; n - c = 1 < 2 -> 1
+    assert value(arith, "pass@2") == pytest.approx((5 / 6 + 0 + 1) / 3, abs=1e-12)
+    # pass@4: 1 (n - c = 2 < 4); 0; task 2 has only 3 judged samples: left out
+    assert value(arith, "pass@4") == 0.5 and arith["metrics"]["pass@4"]["tasks"] == 2
+    # maj@1: first judged answer "5" right, "no answer" wrong, "3" wrong
+    assert value(arith, "maj@1") == pytest.approx(1 / 3, abs=1e-12)
+    # maj@2: "5","5" right; none, none wrong; "3","4" a tie that goes to "3", seen first: wrong
+    assert value(arith, "maj@2") == pytest.approx(1 / 3, abs=1e-12)
+    # maj@4 over pass@4's two tasks: "5" twice beats "7" and none: right; no answer at all: wrong.
+    # (The old summary dropped task 1, having no answer, and gave maj@4 = 1.0, above pass@4 = 0.5.)
+    assert value(arith, "maj@4") == 0.5 and arith["metrics"]["maj@4"]["tasks"] == 2
+    assert value(arith, "maj@4") <= value(arith, "pass@4")
+    assert arith["statuses"] == {"correct": 4, "incorrect": 2, "unparseable": 5, "timeout": 1, "error": 0}
+    assert arith["truncated"] == pytest.approx(4 / 12, abs=1e-12)
+    assert arith["length_mean"] == pytest.approx((8 * 10 + 4 * 32) / 12, abs=1e-12)
+
+    # coin: per task 3/4 and 0/4; no answers, so no maj@k
+    assert value(coin, "avg@4") == pytest.approx(3 / 8, abs=1e-12)
+    assert value(coin, "pass@2") == 0.5  # 1 - C(1,2)/C(4,2) = 1; 0
+    assert not [name for name in coin["metrics"] if name.startswith("maj@")]
+
+    # overall: avg and pass@k over all 5 tasks (pass@4 over the 4 with 4 judged samples) ...
+    assert value(overall, "avg@4") == pytest.approx((1 / 2 + 0 + 2 / 3 + 3 / 4 + 0) / 5, abs=1e-12)
+    assert value(overall, "pass@2") == pytest.approx((5 / 6 + 0 + 1 + 1 + 0) / 5, abs=1e-12)
+    assert overall["metrics"]["pass@4"] == {"value": 0.5, "ci95": [0.5, 0.5], "tasks": 4, "envs": ["arith", "coin"]}
+    # ... maj@k over arith's tasks only, with their count: coin reports no answers
+    for k, (expected, tasks) in {1: (1 / 3, 3), 2: (1 / 3, 3), 4: (1 / 2, 2)}.items():
+        metric = overall["metrics"][f"maj@{k}"]
+        assert metric["value"] == pytest.approx(expected, abs=1e-12)
+        assert metric["tasks"] == tasks and metric["envs"] == ["arith"]
+
+
+def test_summary_of_samples_refuses_a_train_split_record(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    lines = [record("arith", 0, 0, "correct", "5"), record("arith", 3, 0, "correct", "5", split="train")]
+    lines[1]["task_id"] = "arith/train/3"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(ConfigError, match=r"samples.jsonl:2: task arith/train/3 is from the 'train' split"):
+        summarise_samples(path, EvalSettings(samples=1))
 
 
 # ----------------------------------------------------------------------------- whole evaluations

@@ -63,8 +63,8 @@ FALSE_NEGATIVES: dict[str, str] = {
     # expected "correct", the verifier says otherwise
     "fd_repeating_bar_correct": "math-verify does not read \\overline repeating decimals: 0.\\overline{3} != 1/3",
     "th_thin_space_correct": "math-verify reads the thin-space separator in 10\\,000 as the product 10*000 = 0",
-    "iv_inequality_correct": "math-verify compares the relation x <= 2 with an interval only with "
-    "allow_set_relation_comp=True, which MathVerifyConfig neither exposes nor passes",
+    "iv_inequality_correct": "math-verify compares the relation x <= 2 with a gold interval only with "
+    "allow_set_relation_comp=True, and MathVerifyConfig keeps math-verify's default (False)",
     "adv_boxed_then_retracted_correct": "boxed is tried before any plain-text answer, so a correction written "
     "after the box in plain text is never read",
     "adv_negated_other_correct": "the Answer-line text 'not 5; it is 7' parses to a set of letter products, not 7",
@@ -76,7 +76,6 @@ FALSE_POSITIVES: dict[str, str] = {
     "pct_decimal_gold_incorrect": "math-verify reads 50\\% as 50/100, so it equals 0.5",
     "adv_question_restated_gold_unparseable": "the 'latex' source runs math-verify over the whole text, which takes "
     "the question's own number 10 as the answer",
-    "adv_hedge_two_boxes_gold_last_incorrect": "the last \\boxed{} wins; a hedge across two boxes is not detected",
     "adv_boxed_then_retracted_incorrect": "boxed is tried before any plain-text answer, so the retraction "
     "'it should be 13' after the box is never read",
 }

@@ -65,13 +65,43 @@ def test_plain_verdicts(verifier: MathVerifier, gold: str, completion: str, stat
 
 
 def test_unparseable_gold_is_an_error_for_every_completion(verifier: MathVerifier) -> None:
-    results = verifier.verify_many([("\\frac{", "\\boxed{1}"), ("\\frac{", "Answer: 2"), ("3", "\\boxed{3}")])
+    results = verifier.verify_many([("  ", "\\boxed{1}"), ("", "Answer: 2"), ("3", "\\boxed{3}")])
     assert [(r.status, r.decided_by) for r in results[:2]] == [("error", "gold_unparseable")] * 2
     assert not results[0].judged and results[0].score == 0.0
     assert results[2].status == "correct"
-    assert verifier.parse_gold("\\frac{").failure is not None
-    parsed = verifier.parse_gold("\\frac{1}{2}")
-    assert parsed.failure is None and "1/2" in [str(item) for item in parsed.expressions]
+    problem = verifier.gold_problem("")
+    assert problem is not None and (problem.status, problem.decided_by) == ("error", "gold_unparseable")
+    assert verifier.gold_problem("\\frac{1}{2}") is None
+    assert verifier.gold_problem("\\text{odd}") is None  # a text answer: compared as text, as math-verify does
+
+
+# Golds that used to break grading when they were parsed in the parent and pickled to the workers:
+# sets, intervals and equations came back changed (correct answers rejected), and z = 1 + 1 = 2 raised
+# AttributeError while being unpickled, which ended the whole batch. Verdicts worked out by hand.
+AWKWARD_GOLDS = [
+    ("n = 1, 2, 3", "\\boxed{n = 1, 2, 3}", "correct"),
+    ("n = 1, 2, 3", "\\boxed{1, 2, 3}", "correct"),  # the values without the variable
+    ("n = 1, 2, 3", "\\boxed{1, 2, 4}", "incorrect"),
+    ("S=\\{1,2,3\\}", "\\boxed{\\{3,2,1\\}}", "correct"),  # a set: order does not matter
+    ("S=\\{1,2,3\\}", "\\boxed{\\{1,2\\}}", "incorrect"),
+    ("D = (0, 1)", "\\boxed{(0, 1)}", "correct"),
+    ("D = (0, 1)", "\\boxed{(0, 2)}", "incorrect"),
+    ("x \\in [-2,7]", "\\boxed{[-2,7]}", "correct"),
+    ("x \\in [-2,7]", "\\boxed{[-2,8]}", "incorrect"),
+    ("z = 1 + 1 = 2", "\\boxed{2}", "correct"),  # the chain's final value
+    ("z = 1 + 1 = 2", "\\boxed{3}", "incorrect"),
+    ("1,22", "\\boxed{1.22}", "correct"),  # a bare number with a decimal comma, as math-verify reads it
+    ("\\text{odd}", "\\boxed{\\text{odd}}", "correct"),  # a gold that math-verify reads as text
+    ("\\text{odd}", "\\boxed{\\text{even}}", "incorrect"),
+]
+
+
+def test_awkward_golds_among_plain_ones_are_each_graded(verifier: MathVerifier) -> None:
+    """One batch: plain pairs around every awkward gold; each pair gets its own right verdict."""
+    plain = [("3", "\\boxed{3}", "correct"), ("4", "\\boxed{5}", "incorrect")]
+    cases = [pair for awkward in AWKWARD_GOLDS for pair in (plain[0], awkward, plain[1])]
+    results = verifier.verify_many([(gold, completion) for gold, completion, _ in cases])
+    assert [(r.status, r.decided_by) for r in results] == [(status, "math_verify") for _, _, status in cases]
 
 
 def test_hanging_input_hangs_plain_math_verify_in_a_thread() -> None:

@@ -1,10 +1,13 @@
 """The reasoning-gym family: real tasks through grpopp's contract, answers judged by reasoning-gym.
 
 Expected values come from reasoning-gym itself, called directly (``create_dataset`` with the seeds
-the module documents: train = seed, test = seed + 2^30), or are derived by hand from its scoring
-rules (chain_sum: an answer that contains the oracle but is not a number scores len(oracle)/len(answer)).
+the module documents: round r of train = seed + r * size, of test = seed + 2^30 + r * test_size, and
+the first round whose question's sha256, computed here, falls in the split's class), or are derived
+by hand from its scoring rules (chain_sum: an answer that contains the oracle but is not a number
+scores len(oracle)/len(answer)).
 """
 
+import hashlib
 import importlib
 import json
 
@@ -34,6 +37,23 @@ def make(task="chain_sum", **options):
     return ReasoningGymEnv(ReasoningGymConfig(task=task, size=options.pop("size", 40), test_size=20, **options))
 
 
+def in_test_class(question: str, fraction: float = 0.1) -> bool:
+    """The hash class by hand: sha256's first 16 hex digits over 16^16."""
+    return int(hashlib.sha256(question.encode()).hexdigest()[:16], 16) / 16**16 < fraction
+
+
+def expected_item(task, split, index, seed=0, size=40, test_size=20, options=None, fraction=0.1):
+    """Task ``index`` of ``split`` recomputed from reasoning-gym's own datasets: item ``index`` of the
+    first round whose question falls in the split's hash class (the round number comes back too)."""
+    base, step = (seed, size) if split == "train" else (seed + TEST_SEED, test_size)
+    for round_index in range(1000):
+        dataset = reasoning_gym.create_dataset(task, seed=base + round_index * step, size=step, **(options or {}))
+        item = dataset[index]
+        if in_test_class(item["question"], fraction) == (split == "test"):
+            return item, round_index
+    raise AssertionError("no item in 1000 rounds")
+
+
 # -- verification on real tasks ---------------------------------------------------------------
 
 
@@ -55,13 +75,13 @@ def test_gold_correct_wrong_incorrect_missing_unparseable(task_name, answer_form
 
 def test_answers_are_reasoning_gyms_own_items():
     env = make("spell_backward")
-    items = reasoning_gym.create_dataset("spell_backward", seed=0, size=40)
     for index in (0, 7, 39):
         task = env.task(index)
-        assert task.answer == items[index]["answer"]
-        assert task.prompt.startswith(items[index]["question"])
+        item, _ = expected_item("spell_backward", "train", index)
+        assert task.answer == item["answer"]
+        assert task.prompt.startswith(item["question"])
         # the gold answer of a word task is a word, and it is what the tag must hold
-        assert env.verify(task, f"<answer>{items[index]['answer']}</answer>").status == "correct"
+        assert env.verify(task, f"<answer>{item['answer']}</answer>").status == "correct"
 
 
 def test_partial_credit_is_kept():
@@ -155,17 +175,35 @@ def test_tasks_are_deterministic_across_envs_and_access_order():
 
 def test_split_seeds_match_reasoning_gym_directly():
     env = make("chain_sum", seed=7)
-    train = reasoning_gym.create_dataset("chain_sum", seed=7, size=40)
-    test = reasoning_gym.create_dataset("chain_sum", seed=7 + TEST_SEED, size=20)
-    for index in (0, 5, 19):
-        assert env.task(index, "train").answer == train[index]["answer"]
-        assert env.task(index, "test").answer == test[index]["answer"]
-        assert env.task(index, "test").prompt.startswith(test[index]["question"])
+    rounds = []
+    for split, indices in (("train", range(40)), ("test", range(20))):
+        for index in indices:
+            item, round_index = expected_item("chain_sum", split, index, seed=7)
+            task = env.task(index, split)
+            assert task.answer == item["answer"] and task.prompt.startswith(item["question"])
+            assert env.instance_key(task) == item["question"]
+            rounds.append((split, round_index))
+    # most train tasks are round 0, the dataset of earlier versions; test tasks need ~10 rounds
+    assert sum(r == ("train", 0) for r in rounds) >= 30
+    assert max(r for s, r in rounds if s == "test") >= 3
 
 
-def test_train_and_test_are_disjoint_streams():
-    # 3-4 digit terms: the question space is far larger than 2 x 60, so any repeat means shared seeds
-    # (a naive test seed of seed + 1 would make test item i equal train item i + 1)
+def test_train_and_test_are_disjoint_by_content():
+    # basic_arithmetic with two one-digit terms: a few hundred questions in all. Before the split by
+    # content, 169 of the first 200 test questions were among the first 5,000 train questions.
+    options = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    env = ReasoningGymEnv(
+        ReasoningGymConfig(task="basic_arithmetic", size=5000, test_size=200, dataset_options=options)
+    )
+    train = {env.instance_key(env.task(i, "train")) for i in range(5000)}
+    test = [env.instance_key(env.task(i, "test")) for i in range(200)]
+    assert not train & set(test)
+    assert all(in_test_class(question) for question in test) and not any(in_test_class(q) for q in train)
+    assert len(set(test)) > 50  # the test split is not one question repeated
+
+
+def test_train_and_test_streams_are_distinct():
+    # 3-4 digit terms: the question space is far larger than 2 x 60, so any repeat means shared items
     options = {"min_digits": 3, "max_digits": 4, "min_terms": 3}
     env = ReasoningGymEnv(ReasoningGymConfig(task="chain_sum", size=60, test_size=60, dataset_options=options))
     train = {env.task(i, "train").prompt for i in range(60)}
@@ -173,6 +211,13 @@ def test_train_and_test_are_disjoint_streams():
     assert len(train) == 60 and len(test) == 60
     assert not train & test
     assert env.task(0, "train").id != env.task(0, "test").id
+
+
+def test_sizes_that_would_push_seeds_past_2_to_the_32_are_refused():
+    # test_fraction 0.1: a test task may look at ceil(50 / 0.1) = 500 rounds of test_size items
+    with pytest.raises(ValidationError, match=r"test_size=2147484 is too large.*give at most 2147483"):
+        ReasoningGymConfig(task="chain_sum", test_size=2**30 // 500 + 1)
+    ReasoningGymConfig(task="chain_sum", test_size=2**30 // 500)
 
 
 def test_index_out_of_range():
@@ -197,7 +242,7 @@ def test_prompt_carries_the_format_instruction():
     line = make("chain_sum", answer_format="answer_line").task(0).prompt
     assert "Answer:" in line
     bare = make("chain_sum", instruction="").task(0)
-    assert bare.prompt == reasoning_gym.create_dataset("chain_sum", seed=0, size=40)[0]["question"]
+    assert bare.prompt == expected_item("chain_sum", "train", 0)[0]["question"]
 
 
 def test_system_prompt_makes_chat_messages():

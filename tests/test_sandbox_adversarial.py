@@ -1,10 +1,12 @@
-"""The adversarial suite: reward hacks and attacks on the host. Each must score as failed for the
-precise reason asserted, and leave the host unharmed.
+"""The adversarial suite: reward hacks and attacks on the host and on the judging harness. Each must
+score as failed for the precise reason asserted, and leave the host unharmed; the honest solution
+passes.
 
 Programs run through the real sandbox and judge (rewards.sandbox, rewards.code_judge) with short
-limits (wall 2 s, CPU 1 s). Tests skip with the reason when bwrap cannot run here."""
+limits (wall 2 s, CPU 1 s). Function tests run the split-process harness: the test code in a
+trusted process, the program in a runner process it calls over pipes. Tests skip with the reason
+when bwrap cannot run here."""
 
-import json
 import os
 import resource
 import signal
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.code_judge import FunctionTest, HiddenTests, Outcome, StdioTest, judge, plan_jobs
+from rewards.code_judge import HiddenTests, Outcome, StdioTest, apps_call_suite, judge, mbpp_suite, plan_jobs
 from rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, unavailable_reason
 
 CONFIG = SandboxConfig(wall_timeout_s=2.0, cpu_time_s=1, processes=16, workers=2)
@@ -36,8 +38,9 @@ def box():
 
 
 def run_suite(box: Sandbox, program: str, suite: HiddenTests) -> tuple[list[Outcome], list[ExecResult]]:
-    results = box.run_many(plan_jobs(program, suite, box.config))
-    return judge(suite, results), results
+    plan = plan_jobs(program, suite, box.config)
+    results = box.run_many(plan.jobs)
+    return judge(plan, results), results
 
 
 def stdio(box: Sandbox, program: str, *pairs: tuple[str, str]) -> tuple[list[Outcome], list[ExecResult]]:
@@ -46,8 +49,13 @@ def stdio(box: Sandbox, program: str, *pairs: tuple[str, str]) -> tuple[list[Out
 
 
 def function(box: Sandbox, program: str, *calls: tuple[list, object]) -> tuple[list[Outcome], list[ExecResult]]:
-    tests = [FunctionTest(args=args, expected=expected) for args, expected in calls]
-    return run_suite(box, program, HiddenTests(kind="function", fn_name="solve", calls=tests))
+    """MBPP-style asserts ``assert solve(*args) == expected``, one test each."""
+    asserts = [f"assert solve({', '.join(map(repr, args))}) == {expected!r}" for args, expected in calls]
+    return run_suite(box, program, mbpp_suite(asserts, "adversarial"))
+
+
+def kinds(outcomes: list[Outcome]) -> list[str]:
+    return [outcome.kind for outcome in outcomes]
 
 
 def host_processes(marker: str) -> list[int]:
@@ -278,12 +286,26 @@ def test_exiting_with_status_0_before_output_fails_stdio(box, exit_call):
 
 def test_exiting_before_the_calls_fails_function_tests(box):
     outcomes, _ = function(box, "import sys\nsys.exit(0)\ndef solve(x):\n    return x\n", ([1], 1), ([2], 2))
-    assert [o.kind for o in outcomes] == ["runtime_error"] * 2 and "SystemExit: 0" in outcomes[0].reason
+    assert kinds(outcomes) == ["runtime_error"] * 2
+    assert outcomes[0].reason == "the program failed to load: SystemExit: 0"
     outcomes, _ = function(box, "import os\nos._exit(0)\ndef solve(x):\n    return x\n", ([1], 1), ([2], 2))
-    assert [o.kind for o in outcomes] == ["missing"] * 2
-    program = "import os, sys\ndef solve(x):\n    if x == 2:\n        os._exit(0)\n    sys.exit(0)\n"
+    assert kinds(outcomes) == ["runtime_error"] * 2
+    assert outcomes[0].reason == "the program exited with status 0 while loading"
+
+
+@pytest.mark.parametrize(
+    ("exit_call", "reason"),
+    [
+        ("sys.exit(0)", "solve(1) raised SystemExit: 0"),
+        ("raise SystemExit", "solve(1) raised SystemExit: "),
+        ("os._exit(0)", "the program exited with status 0 during solve(1)"),
+        ("os.kill(os.getpid(), 9)", "the program was killed by signal SIGKILL during solve(1)"),
+    ],
+)
+def test_exiting_during_a_call_fails_and_the_next_test_gets_a_fresh_runner(box, exit_call, reason):
+    program = f"import os, sys\ndef solve(x):\n    if x == 1:\n        {exit_call}\n    return x\n"
     outcomes, _ = function(box, program, ([1], 1), ([2], 2))
-    assert [o.kind for o in outcomes] == ["runtime_error", "missing"] and "SystemExit" in outcomes[0].reason
+    assert [(o.kind, o.reason) for o in outcomes] == [("runtime_error", reason), ("passed", "")]
 
 
 def test_printing_the_expected_output_of_another_test(box):
@@ -299,65 +321,208 @@ def test_syntax_error_is_a_failure_not_an_empty_pass(box):
 
 
 @pytest.mark.parametrize(
-    ("definition", "kind"),
+    ("definition", "reason"),
     [
-        ("class R:\n    def __eq__(self, other):\n        return True\n", "runtime_error"),  # not JSON
-        (
-            "class R(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n",
-            "wrong_answer",
+        (  # not plain data: it never leaves the runner
+            "class Rigged:\n    def __eq__(self, other):\n        return True\n",
+            "solve(1) returned a Rigged, not plain data",
+        ),
+        (  # crosses as the int it holds; the harness compares a plain int
+            "class Rigged(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n",
+            "assertion failed at <test 0> line 1: `assert solve(1) == 42`; last call solve(1) returned 0",
         ),
         (
-            "class R(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n",
-            "wrong_answer",
+            "class Rigged(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n",
+            "assertion failed at <test 0> line 1: `assert solve(1) == 42`; last call solve(1) returned ''",
         ),
-        ("class R(list):\n    def __eq__(self, other):\n        return True\n", "wrong_answer"),
+        (
+            "class Rigged(list):\n    def __eq__(self, other):\n        return True\n",
+            "assertion failed at <test 0> line 1: `assert solve(1) == 42`; last call solve(1) returned []",
+        ),
     ],
 )
-def test_an_eq_that_is_always_true_cannot_pass(box, definition, kind):
-    program = definition + "def solve(x):\n    return R()\n"
+def test_an_eq_that_is_always_true_cannot_pass(box, definition, reason):
+    program = definition + "def solve(x):\n    return Rigged()\n"
     outcomes, _ = function(box, program, ([1], 42), ([2], "forty-two"))
-    assert [o.kind for o in outcomes] == [kind, kind], outcomes
+    assert kinds(outcomes) == ["wrong_answer"] * 2 and outcomes[0].reason.startswith(reason), outcomes
 
 
 def test_monkeypatching_json_and_builtins_cannot_forge_a_pass(box):
-    rebound = "import json\njson.dumps = lambda *a, **k: '42'\n"  # the driver bound json.dumps before importing us
+    rebound = "import json\njson.dumps = lambda *a, **k: '42'\n"  # the runner bound json.dumps before loading us
     outcomes, _ = function(box, rebound + "def solve(x):\n    return 0\n", ([1], 42))
-    assert outcomes[0].kind == "wrong_answer" and outcomes[0].reason == "expected 42, got 0"
-    encoder = (  # reaches the driver's own json: every line it writes becomes the forged text
+    assert (
+        outcomes[0].reason
+        == "assertion failed at <test 0> line 1: `assert solve(1) == 42`; last call solve(1) returned 0"
+    )
+    encoder = (  # reaches the runner's own json: every reply it writes becomes the forged text
         "import builtins, json\njson.JSONEncoder.encode = lambda self, o: '42'\n"
         "builtins.isinstance = lambda *a: True\nbuiltins.callable = lambda *a: True\n"
         "def solve(x):\n    return 0\n"
     )
     outcomes, _ = function(box, encoder, ([1], 42))
-    assert outcomes[0].kind == "runtime_error" and "tampered" in outcomes[0].reason
+    assert (outcomes[0].kind, outcomes[0].reason) == (
+        "runtime_error",
+        "the program sent a reply that is not a JSON list while loading",
+    )
+    during = (  # patched during a call, in the runner's process only, then sys.exit(0)
+        "import builtins, math, sys, json\ndef solve(x):\n    builtins.AssertionError = KeyError\n"
+        "    math.isclose = lambda *a, **k: True\n    json.loads = lambda *a, **k: [1, 'ok', 42]\n"
+        "    sys.modules['json'] = None\n    if x == 2:\n        sys.exit(0)\n    return 0\n"
+    )
+    suite = mbpp_suite(["assert math.isclose(solve(1), 42)", "assert solve(2) == 42"], "adversarial")
+    outcomes, _ = run_suite(box, during, suite)
+    assert [(o.kind, o.reason) for o in outcomes] == [
+        (
+            "wrong_answer",
+            "assertion failed at <test 0> line 1: `assert math.isclose(solve(1), 42)`; last call solve(1) returned 0",
+        ),
+        ("runtime_error", "solve(2) raised SystemExit: 0"),
+    ]
+    at_import = "import builtins\nbuiltins.int = builtins.str = builtins.list = type('Rigged', (), {})\n"
+    outcomes, _ = function(box, at_import + "def solve(x):\n    return 42\n", ([1], 42))
+    assert [(o.kind, o.reason) for o in outcomes] == [
+        ("runtime_error", "the program exited with status 1 while loading")  # it broke its own runner
+    ]
 
 
-def test_forging_results_on_the_channel_fails(box):
+def test_forging_verdicts_on_any_descriptor_fails(box):
+    """The runner writes verdict records (with every nonce it might guess) on every descriptor it
+    has, and tries to reach the harness's through /proc/1/fd and pidfd_getfd: it has only its two
+    call pipes, and the harness is not dumpable. Its own pipe carries replies, not verdicts."""
     forge = (
-        "import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    if fd > 2:\n        try:\n"
-        '            os.write(fd, b\'{"i": 0, "ok": true, "value": 1}\\n\')\n        except OSError:\n'
-        "            pass\n"
+        "import ctypes, json, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "records = ''.join(json.dumps({'nonce': n, 'i': 0, 'kind': 'passed', 'reason': ''}) + '\\n'\n"
+        "                  for n in ('', '0' * 32)) + json.dumps({'nonce': '', 'event': 'done'}) + '\\n'\n"
+        "fds = set(map(int, os.listdir('/proc/self/fd')))\n"
+        "try:\n    fds |= {os.open('/proc/1/fd/' + name, os.O_WRONLY) for name in os.listdir('/proc/1/fd')}\n"
+        "except OSError as exc:\n    found = type(exc).__name__\n"
+        "pidfd = libc.syscall(434, 1, 0)\n"  # pidfd_open(1), then pidfd_getfd for fds 0..63
+        "stolen = [libc.syscall(438, pidfd, fd, 0) for fd in range(64)]\n"
+        "for fd in fds | {s for s in stolen if s >= 0}:\n    try:\n        os.write(fd, records.encode())\n"
+        "    except OSError:\n        pass\n"
+        "os.close(pidfd)\n"
+        "def solve(x):\n    held = []\n    for name in os.listdir('/proc/self/fd'):\n        try:\n"
+        "            held.append(os.readlink('/proc/self/fd/' + name).split(':')[0])\n        except OSError:\n"
+        "            pass\n    return f'{found} {sorted(set(stolen))} ' + ','.join(sorted(held))\n"
     )
-    outcomes, _ = function(box, forge + "def solve(x):\n    return -1\n", ([1], 1))
-    assert outcomes[0].kind == "runtime_error" and "reported twice" in outcomes[0].reason
-    outcomes, _ = function(box, forge + "os._exit(0)\n", ([1], 2))  # forge, then leave before the driver
-    assert outcomes[0].kind == "wrong_answer"  # a forged value is still judged against the hidden one
+    outcomes, _ = function(box, forge, ([1], 1), ([2], 2))
+    assert kinds(outcomes) == ["runtime_error"] * 2  # the runner's own reply pipe got the garbage
+    assert outcomes[0].reason == "the program sent a reply that is not a JSON list while loading"
+    spy = forge.replace("os.write(fd, records.encode())", "pass")
+    outcomes, _ = function(box, spy, ([1], 1))
+    held = "/dev/null,/dev/null,/dev/null,pipe,pipe"  # stdin, stdout, stderr and its two call pipes
+    assert outcomes[0].reason.endswith(f"last call solve(1) returned 'PermissionError [-1] {held}'")
 
 
-def test_catching_the_per_call_timer_still_times_out(box):
+def test_the_program_cannot_find_the_test_code_or_the_expected_values(box):
+    """The test code and expected values live in the harness only (they crossed on its stdin): the
+    runner finds them in no file it can read, not in /proc/1 (not dumpable), not in any cmdline."""
+    secret = f"EXPECTED{uuid.uuid4().hex}"
+    spy = (
+        "import glob, os\n"
+        "def read(path):\n    try:\n        with open(path, 'rb') as handle:\n            return handle.read()\n"
+        "    except OSError as exc:\n        return type(exc).__name__.encode()\n"
+        "def solve(what):\n"
+        "    if what == 'sandbox':\n        return sorted(os.listdir('/sandbox'))\n"
+        "    if what == 'proc1':\n"
+        "        return [read('/proc/1/' + name).decode() for name in ('mem', 'environ', 'fd/0', 'fd/3', 'maps')]\n"
+        "    if what == 'write':\n        try:\n            open('/sandbox/tests.py', 'w')\n"
+        "        except OSError as exc:\n            return type(exc).__name__\n"
+        "    paths = glob.glob('/sandbox/*') + glob.glob('/tmp/**', recursive=True)\n"
+        "    paths += glob.glob('/proc/[0-9]*/cmdline') + glob.glob('/proc/[0-9]*/environ')\n"
+        "    marker = b'EXPECT' + b'ED'\n"  # so that the program's own text does not hold it
+        "    for path in paths:\n        data = read(path)\n        if marker in data:\n"
+        "            return data[data.index(marker):][:40].decode()\n"
+        "    return 'not found'\n"
+    )
+    asserts = [f"assert solve('search') == {secret!r}"] + [
+        f"assert solve({what!r}) == {secret!r}, solve({what!r})" for what in ("sandbox", "proc1", "write")
+    ]
+    outcomes, _ = run_suite(box, spy, mbpp_suite(asserts, "adversarial", setup=f"HIDDEN = {secret!r}"))
+    assert kinds(outcomes) == ["wrong_answer"] * 4
+    assert outcomes[0].reason.endswith("last call solve('search') returned 'not found'")
+    assert ": ['main.py', 'runner.py', 'solution.py']; last call" in outcomes[1].reason
+    proc1 = "['PermissionError', 'PermissionError', 'PermissionError', 'PermissionError', 'PermissionError']"
+    assert f": {proc1}; last call" in outcomes[2].reason
+    assert ": OSError; last call" in outcomes[3].reason  # read-only file system
+
+
+def test_planted_conftest_sitecustomize_and_module_shadows_change_nothing(box):
+    """Files a pytest- or import-based judge would pick up: planted in the working directory (/tmp)
+    and next to the program (read-only); the runner is restarted after a crash and still runs
+    isolated (-I: no cwd on sys.path, no site or user customisation)."""
+    hook = "import sys\\nsys.modules['grpopp_planted'] = True\\n"
     program = (
-        "import time\ndef solve(x):\n    while True:\n        try:\n            time.sleep(10)\n"
-        "        except BaseException:\n            pass\n"
+        "import os, sys\nplanted = []\n"
+        "for folder in ('/tmp', '/sandbox'):\n"  # /tmp is also the working directory and HOME
+        "    for name in ('conftest.py', 'sitecustomize.py', 'usercustomize.py', 'json.py', 'os.py', 'runner.py'):\n"
+        "        try:\n"
+        f"            open(os.path.join(folder, name), 'w').write({hook!r})\n"
+        "            planted.append(folder + '/' + name)\n"
+        "        except OSError:\n            pass\n"
+        "def solve(x):\n    if x == 1:\n        os._exit(3)\n"
+        "    return 'grpopp_planted' in sys.modules, len(planted)\n"
     )
+    outcomes, _ = function(box, program, ([1], 1), ([2], (True, 6)))
+    assert [(o.kind, o.reason) for o in outcomes] == [
+        ("runtime_error", "the program exited with status 3 during solve(1)"),
+        (
+            "wrong_answer",
+            "assertion failed at <test 1> line 1: `assert solve(2) == (True, 6)`; last call solve(2) returned "
+            "(False, 6)",
+        ),  # 6 files planted in /tmp (= HOME), none in /sandbox; none was ever imported
+    ]
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGSTOP", "SIGTERM", "SIGINT", "SIGHUP"])
+def test_killing_or_stopping_the_harness_fails(box, signame):
+    """The harness is PID 1 of the container: a signal from inside reaches it only if it has a
+    handler, so SIGKILL, SIGSTOP and the rest do nothing and it judges the wrong answer."""
+    program = (
+        "import os, signal\ndef solve(x):\n    hit = []\n"
+        "    for pid in (os.getppid(), 1, -1):\n        try:\n"
+        f"            os.kill(pid, signal.{signame})\n            hit.append(pid)\n"
+        "        except OSError:\n            pass\n    return x + 1\n"
+    )
+    outcomes, (result,) = function(box, program, ([1], 1), ([2], 2))
+    assert kinds(outcomes) == ["wrong_answer"] * 2 and not result.timed_out
+    assert outcomes[1].reason.endswith("last call solve(2) returned 3")
+
+
+def test_its_timer_signal_only_times_the_test_out(box):
+    program = "import os, signal\ndef solve(x):\n    os.kill(os.getppid(), signal.SIGALRM)\n    return x\n"
+    outcomes, (result,) = function(box, program, ([1], 1), ([2], 2))
+    assert kinds(outcomes) == ["timeout"] * 2 and not result.timed_out
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (  # catching its own signals does not help: the timer is the harness's
+            "    while True:\n        try:\n            time.sleep(10)\n"
+            "        except BaseException:\n            pass\n",
+            "the test ran past its 0.5 s budget in the call solve(1)",
+        ),
+        (  # a child keeps the reply pipe open, the runner leaves: the harness waits for its timer
+            "    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n",
+            "the test ran past its 0.5 s budget in the call solve(1)",
+        ),
+    ],
+)
+def test_sleeping_until_the_timer_times_out_and_the_runner_is_restarted(box, body, reason):
+    program = f"import os, time\ndef solve(x):\n    if x == 2:\n        return 2\n{body}"
     with Sandbox(CONFIG.model_copy(update={"wall_timeout_s": 0.5})) as fast:
         outcomes, (result,) = run_suite(
-            fast, program, HiddenTests(kind="function", fn_name="solve", calls=[FunctionTest(args=[1], expected=1)] * 2)
+            fast, program, mbpp_suite(["assert solve(1) == 1", "assert solve(2) == 2"], "x")
         )
-    assert [o.kind for o in outcomes] == ["timeout", "timeout"] and result.timed_out
+    assert [(o.kind, o.reason) for o in outcomes] == [("timeout", reason), ("passed", "")]
+    assert not result.timed_out  # the harness timed the test out, not the parent the container
 
 
-def test_the_driver_reports_values_not_verdicts(box):
+def test_an_honest_solution_passes(box):
     """Sanity check of the suite itself: a correct program passes, so the failures above are real."""
     outcomes, _ = function(box, "def solve(x):\n    return {'double': [x * 2, True]}\n", ([21], {"double": [42, True]}))
-    assert outcomes[0].passed
-    assert json.loads(json.dumps(outcomes[0].kind)) == "passed"
+    assert kinds(outcomes) == ["passed"]
+    suite = apps_call_suite("solve", [[16], [3]], [[7], [[1, 2]]], "apps")  # APPS's rule: [x] also accepts x
+    outcomes, _ = run_suite(box, "def solve(x):\n    return 7 if x == 16 else (1, 2)\n", suite)
+    assert kinds(outcomes) == ["passed", "passed"]  # and a tuple compares as a list
