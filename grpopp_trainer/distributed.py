@@ -60,14 +60,24 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
+    global _OWN_GROUP
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        _OWN_GROUP = True
     return info, torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
 
 
+_OWN_GROUP = False
+"""Whether ``init_distributed`` created the default process group (and ``close_distributed`` may end it)."""
+
+
 def close_distributed() -> None:
-    if dist.is_initialized():
+    """Leave the process group ``init_distributed`` created; one made by another library (vLLM makes
+    its own in a single process) is that library's to end."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def gather_objects(info: DistInfo, value: T) -> list[T]:

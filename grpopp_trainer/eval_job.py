@@ -200,8 +200,12 @@ def run_eval(targets: list[str], which: str, job_for: Any, out: Path | None) -> 
         model, tokenizer = load_model(config.model, source)
         torch.nn.Module.to(model, resolve_device(config.device))
         engine = make_engine(config, model, tokenizer, source)
-        envs = build_envs(job)
-        run = evaluate_engine(engine, envs, {e.name: e.tasks for e in job.envs}, job.sampling, job.limits, job.settings)
+        try:
+            envs = build_envs(job)
+            tasks = {e.name: e.tasks for e in job.envs}
+            run = evaluate_engine(engine, envs, tasks, job.sampling, job.limits, job.settings)
+        finally:
+            engine.close()  # a vLLM engine ends before the next checkpoint's is built
         results["checkpoints"].append(
             {
                 "checkpoint": point.path,

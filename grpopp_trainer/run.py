@@ -182,6 +182,25 @@ def train(
     total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
     policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info, mixed)
     engine = make_engine(config, policy.model, tokenizer, source, dist_info)
+    try:
+        return _train(config, policy, engine, run_dir, reference, mixture, checkpoint, console, stop_after, started)
+    finally:
+        engine.close()  # vLLM's engine and groups first; the trainer's process group after (cli.train_cmd)
+
+
+def _train(
+    config: TrainConfig,
+    policy: Policy,
+    engine: RolloutEngine,
+    run_dir: Path,
+    reference: PreTrainedModel | None,
+    mixture: Mixture | None,
+    checkpoint: Path | None,
+    console: Console,
+    stop_after: int | None,
+    started: float,
+) -> TrainSummary:
+    """The steps of a run, and the evaluations before and after."""
     trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
     if checkpoint is not None:
         trainer.restore(checkpoint)

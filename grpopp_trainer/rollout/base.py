@@ -63,9 +63,14 @@ class VLLMSettings(BaseModel):
     """Fraction of GPU memory vLLM may take (weights + KV cache); the rest is the trainer's. TRL's
     colocate default is 0.3 as well."""
 
-    sleep_level: int = Field(2, ge=0, le=2)
+    sleep_level: int | None = Field(None, ge=0, le=2)
     """0: stay awake. 1: weights to host memory and KV cache freed while training. 2: weights and KV
-    cache freed (weights are reloaded from the trainer at the next sync anyway)."""
+    cache freed (weights are reloaded from the trainer at the next sync anyway). None: 2 on a GPU, 0
+    on vLLM's CPU platform, which has no sleep mode."""
+
+    kv_cache_memory_gib: float | None = Field(None, gt=0.0)
+    """Memory for vLLM's KV cache. None: on a GPU, what ``gpu_memory_utilization`` leaves after the
+    weights; on the CPU platform 1 GiB (vLLM's own CPU default takes most of the host's memory)."""
 
     max_model_len: int | None = Field(None, ge=16)
     """Longest prompt + completion vLLM plans for; None: the model's own limit."""
@@ -80,6 +85,15 @@ class VLLMSettings(BaseModel):
     """Weights are handed to vLLM after each step in buckets of at most this many MiB (a larger
     tensor alone): the most held at once beyond vLLM's own copy. Under torchrun each parameter is
     first gathered from the FSDP shards."""
+
+    integrity_probe: bool = True
+    """After each weight sync, score a fixed probe text with vLLM and with the learner and refuse to
+    go on when their token log-probs differ by more than ``probe_tolerance`` on average (a stale or
+    mis-synced weight; see ``grpopp_trainer.rollout.vllm_engine``)."""
+
+    probe_tolerance: float | None = Field(None, gt=0.0)
+    """Largest mean absolute log-prob gap the probe accepts. None: 1e-3 when vLLM computes in
+    float32, 0.1 in bfloat16/float16 (rounding alone gives gaps of order 1e-2 there)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,10 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self) -> None:
         """Make the engine sample from the trainer's current weights (after an optimizer step)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (vLLM's engine and its process groups); called once, at the end."""
         ...
 
 

@@ -139,6 +139,9 @@ class HFEngine:
     def sync_weights(self) -> None:
         """Nothing to do: the engine samples from the very model object the trainer optimises."""
 
+    def close(self) -> None:
+        """Nothing to release: the model is the trainer's."""
+
     def generate(self, prompts: list[Prompt], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
         """``n`` completions for each prompt: result[i][j] is completion j of prompts[i]."""
         if n < 1:

