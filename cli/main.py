@@ -1,7 +1,8 @@
 """The ``grpopp`` command line.
 
 Commands so far:
-- ``grpopp algo list``: the algorithm presets side by side, with their sources.
+- ``grpopp algo list``: the algorithm presets side by side (a column each, fits 100 columns), with
+  their sources.
 - ``grpopp algo show NAME [--set KEY=VALUE ...]``: one preset's full config, with overrides
   applied and validated, as JSON (the form a training config will embed).
 - ``grpopp envs list|show|sample|check``: environments and their contract check.
@@ -22,14 +23,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cli.envs_cmd import envs_app, verify_command
+from cli.errors import error_console, user_errors
 from cli.eval_cmd import eval_command
 from cli.report_cmd import report_command
 from cli.sandbox_cmd import sandbox_app
 from cli.train_cmd import train_command
 from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, get_preset
-from grpopp_trainer.config_tools import ConfigError, apply_overrides
+from grpopp_trainer.config_tools import apply_overrides
 
 app = typer.Typer(
     help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",
@@ -37,7 +40,7 @@ app = typer.Typer(
     add_completion=False,
 )
 algo_app = typer.Typer(
-    help="Algorithm presets: GRPO, DAPO, Dr. GRPO, GSPO, CISPO and grpopp.",
+    help="Algorithm presets: GRPO, DAPO, Dr. GRPO, GSPO, CISPO, grpopp and TRL's defaults (trl_dapo).",
     no_args_is_help=True,
 )
 app.add_typer(algo_app, name="algo")
@@ -49,12 +52,6 @@ app.command("eval")(eval_command)
 app.command("report")(report_command)
 
 console = Console()
-error_console = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def _describe(cfg: AlgorithmConfig) -> dict[str, str]:
@@ -77,36 +74,64 @@ def _describe(cfg: AlgorithmConfig) -> dict[str, str]:
 
 
 @algo_app.command("list")
+@user_errors
 def algo_list() -> None:
-    """Show every preset's settings side by side, and the paper each follows."""
-    table = Table(title="grpopp algorithm presets", show_lines=True)
-    table.add_column("preset", style="bold")
-    columns = list(_describe(get_preset("grpopp")))
-    for column in columns:
-        table.add_column(column)
-    table.add_column("source")
+    """Show every preset's settings side by side (a column per preset, as many tables as the
+    terminal's width needs), and the paper each follows."""
+    described = {name: _describe(preset.config) for name, preset in PRESETS.items()}
+    settings = list(_describe(get_preset("grpopp")))
+    for group in _column_groups(described, settings, console.width):
+        table = Table(title="grpopp algorithm presets", show_lines=True)
+        table.add_column("setting", style="bold")
+        for name in group:
+            table.add_column(name)
+        for setting in settings:
+            table.add_row(setting, *(Text(described[name][setting]) for name in group))
+        console.print(table)
     for name, preset in PRESETS.items():
-        row = _describe(preset.config)
-        table.add_row(name, *(row[column] for column in columns), preset.source)
-    console.print(table)
+        console.print(Text.assemble((name, "bold"), f": {preset.source}"))
     console.print("Details: grpopp algo show NAME; override any field with --set KEY=VALUE.")
 
 
+def _column_groups(described: dict[str, dict[str, str]], settings: list[str], width: int) -> list[list[str]]:
+    """The presets split into runs that fit ``width`` as columns beside the setting names, each column
+    as wide as its longest word (so no value is cut inside a word)."""
+
+    def longest_word(texts: list[str]) -> int:
+        return max(len(word) for text in texts for word in text.split())
+
+    used = longest_word(settings) + 4  # padding and the borders on both sides
+    groups: list[list[str]] = [[]]
+    for name, values in described.items():
+        column = longest_word([name, *values.values()]) + 3  # padding and one border
+        if groups[-1] and used + column > width:
+            groups.append([])
+            used = longest_word(settings) + 4
+        groups[-1].append(name)
+        used += column
+    return groups
+
+
 @algo_app.command("show")
+@user_errors
 def algo_show(
-    name: Annotated[str, typer.Argument(help="Preset name (see `grpopp algo list`).")] = "grpopp",
+    name: Annotated[str, typer.Argument(help="Preset name (see grpopp algo list).")] = "grpopp",
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a field, e.g. --set loss.eps_high=0.3 (repeatable)."),
     ] = None,
 ) -> None:
     """Print one preset's complete configuration as JSON, with --set overrides validated."""
-    try:
-        cfg = apply_overrides(get_preset(name), set_ or [])
-    except ConfigError as error:
-        raise _fail(str(error)) from None
+    cfg = apply_overrides(get_preset(name), set_ or [])
     preset = PRESETS[name]
     error_console.print(f"[bold]{name}[/]: {preset.summary}\nsource: {preset.source}", highlight=False)
+    if preset.optim:
+        error_console.print(
+            "optimizer (applied to a training config's optim, under its own values): "
+            + ", ".join(f"{k}={v}" for k, v in preset.optim.items()),
+            highlight=False,
+            markup=False,
+        )
     if set_:
         cfg = cfg.model_copy(update={"name": f"{name} + overrides"})
     typer.echo(json.dumps(cfg.model_dump(), indent=2))

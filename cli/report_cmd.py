@@ -10,22 +10,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.envs_cmd import fail
-from grpopp_trainer.report import ReportError, write_report
+from cli.errors import user_errors
+from grpopp_trainer.report import write_report
 
 console = Console()
 
 
+@user_errors
 def report_command(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory of `grpopp train` (holds metrics.jsonl).")],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of grpopp train (holds metrics.jsonl).")],
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the figures and report.md.")] = None,
 ) -> None:
     """Draw a run's training curves and evaluations as PNG figures, with a report.md that shows them
-    (default folder: RUN_DIR/report; needs matplotlib: pip install -e '.[report]')."""
-    try:
-        summary = write_report(run_dir, out)
-    except ReportError as error:
-        raise fail(escape(str(error)), code=1) from None  # escaped: "[report]" is not rich markup
+    (default folder: RUN_DIR/report; needs matplotlib: pip install -e '.\\[report]')."""
+    summary = write_report(run_dir, out)
     table = Table(title=f"grpopp report: {escape(str(summary.out_dir))}")
     for column in ("figure", "metrics"):
         table.add_column(column, overflow="fold")

@@ -7,27 +7,32 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from cli.errors import fail, user_errors
+from grpopp_trainer.config_tools import UserError, format_validation_error
 from rewards.sandbox import Isolation, Sandbox, SandboxConfig, SandboxUnavailable, check_isolation
 
 sandbox_app = typer.Typer(
     help="The code sandbox: run a program in it, check this machine's isolation.", no_args_is_help=True
 )
 console = Console()
-error_console = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code=code)
+def _read(path: Path, what: str) -> bytes:
+    """The bytes of an input file; a missing one (or a folder) is refused with its name."""
+    if not path.is_file():
+        raise UserError(f"{what} {path}: {'a folder' if path.is_dir() else 'no such file'}; give a file")
+    return path.read_bytes()
 
 
 @sandbox_app.command("run")
+@user_errors
 def sandbox_run(
-    file: Annotated[Path, typer.Argument(help="Python program to run.", exists=True, dir_okay=False)],
-    stdin: Annotated[Path | None, typer.Option("--stdin", help="File fed to the program's stdin.", exists=True)] = None,
+    file: Annotated[Path, typer.Argument(help="Python program to run.")],
+    stdin: Annotated[Path | None, typer.Option("--stdin", help="File fed to the program's stdin.")] = None,
     isolation: Annotated[str, typer.Option(help="bwrap (default) or rlimits (weaker, explicit only).")] = "bwrap",
     wall_timeout: Annotated[float, typer.Option(help="Wall-clock limit, seconds.")] = 10.0,
     cpu_time: Annotated[int, typer.Option(help="CPU-time limit per process, seconds.")] = 5,
@@ -39,16 +44,29 @@ def sandbox_run(
     Exit status: 0 when the program exited 0 within its limits, 1 when it did not, 2 when the
     sandbox could not start."""
     if isolation not in ("bwrap", "rlimits"):
-        raise _fail(f"--isolation must be bwrap or rlimits, got {isolation!r}")
+        raise fail(f"--isolation must be bwrap or rlimits, got {isolation!r}")
     mode: Isolation = "bwrap" if isolation == "bwrap" else "rlimits"
     try:
+        program = _read(file, "program").decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"program {file}: not UTF-8 text ({error.reason}); give a Python source file") from None
+    feed = _read(stdin, "--stdin") if stdin is not None else b""
+    try:
         config = SandboxConfig(isolation=mode, wall_timeout_s=wall_timeout, cpu_time_s=cpu_time, memory_mb=memory_mb)
+    except ValidationError as error:
+        message = format_validation_error(error)
+        for field, option in (
+            ("wall_timeout_s", "--wall-timeout"),
+            ("cpu_time_s", "--cpu-time"),
+            ("memory_mb", "--memory-mb"),
+        ):
+            message = message.replace(f"{field}:", f"{option}:")
+        raise fail(message) from None
+    try:
         with Sandbox(config) as sandbox:
-            result = sandbox.run(file.read_text(encoding="utf-8"), stdin.read_bytes() if stdin else b"")
+            result = sandbox.run(program, feed)
     except SandboxUnavailable as error:
-        raise _fail(str(error)) from None
-    except ValueError as error:  # pydantic's ValidationError is one
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     if as_json:
         typer.echo(json.dumps(result.model_dump(), indent=2))
     else:
@@ -81,6 +99,7 @@ def sandbox_run(
 
 
 @sandbox_app.command("check")
+@user_errors
 def sandbox_check() -> None:
     """Report which isolation this machine supports; exit status 1 when bwrap does not work."""
     report = check_isolation()

@@ -176,7 +176,8 @@ class CodeEnv(Environment[CodeConfig]):
     def _load(self) -> dict[Split, list[CodeProblem]]:
         cfg = self.config
         sample = Path(str(resources.files("envs") / "data" / "code_sample.jsonl"))
-        train = self._read(Path(cfg.path) if cfg.path else sample)
+        source = Path(cfg.path) if cfg.path else sample
+        train = self._read(source)
         test = self._read(Path(cfg.test_path)) if cfg.test_path else None
         if test is None:
             test = [p for p in train if _held_out(p.question, cfg.test_fraction)]
@@ -184,7 +185,10 @@ class CodeEnv(Environment[CodeConfig]):
         else:
             test = _without_train_questions("code", train, test)
         if not train:
-            raise DataFileError("code: no training problems left after reading the data")
+            raise DataFileError(
+                f"{source}: no training problems for code in it; give a JSONL file with one APPS/TACO, MBPP or "
+                "HumanEval problem per line"
+            )
         return {"train": train, "test": test}
 
     def _read(self, path: Path) -> list[CodeProblem]:

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 
 from envs.base import EnvConfig, Environment, Split, Task, in_test_class
 from envs.registry import register_env
-from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.config_tools import ConfigError, UserError
 from rewards.extract import find_boxed
 from rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
 from rewards.types import VerifyResult
@@ -40,7 +40,7 @@ from rewards.types import VerifyResult
 AnswerParser = Literal["gsm8k_hash", "boxed", "raw"]
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError):
     """A data file or row could not be read; the message names the file, line and how to fix it."""
 
 
@@ -121,10 +121,12 @@ class MathDataEnv(Environment[MathDataConfig]):
     def _load(self) -> dict[Split, list[Problem]]:
         cfg = self.config
         if cfg.hf_dataset is not None:
+            source = f"Hugging Face data set {cfg.hf_dataset!r} (split {cfg.hf_split!r})"
             train = self._read_hf(cfg.hf_split)
             test = self._read_hf(cfg.hf_test_split) if cfg.hf_test_split else None
         else:
-            train = self._read_file(Path(cfg.path) if cfg.path else self._sample_path())
+            source = str(Path(cfg.path) if cfg.path else self._sample_path())
+            train = self._read_file(Path(source))
             test = self._read_file(Path(cfg.test_path)) if cfg.test_path else None
         if self.skipped:
             warnings.warn(
@@ -138,7 +140,11 @@ class MathDataEnv(Environment[MathDataConfig]):
         else:
             test = _without_train_questions(self.name, train, test)
         if not train:
-            raise DataFileError(f"{self.name}: no training problems left after reading the data")
+            skipped = f" ({len(self.skipped)} rows skipped: no readable gold answer)" if self.skipped else ""
+            raise DataFileError(
+                f"{source}: no training problems for {self.name} in it{skipped}; give a file with one problem per "
+                f"row, in columns {cfg.question_column!r} and {cfg.answer_column!r}"
+            )
         return {"train": train, "test": test}
 
     def _sample_path(self) -> Path:

@@ -7,6 +7,10 @@ weight x n of them, within every batch and across batches. Deterministic: the or
 the weights, and each environment's tasks come from its own cursor (finite data sets are visited
 in a fresh seeded permutation every epoch). The cursors are the mixture's state, saved with
 checkpoints so a resumed run sees the same prompts.
+
+``select_envs`` is how ``--env NAME[:WEIGHT]`` flags meet a config file, for training and evaluation
+alike: the flags choose the environments (and their weights), the file keeps supplying each one's
+options; a name the file does not hold gets its defaults, with a note that says so.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +58,34 @@ def parse_env_arg(text: str) -> EnvSpec:
     if not (math.isfinite(weight) and weight > 0):
         raise ConfigError(f"--env {text!r}: the weight must be a positive number, got {weight}")
     return EnvSpec(name=name, weight=weight)
+
+
+@dataclass(frozen=True)
+class EnvSelection:
+    """The environments ``--env`` flags chose, with their options, and what to tell the user."""
+
+    specs: list[EnvSpec]
+    """One per flag, in flag order: name and weight from the flag, options from the config file."""
+    notes: list[str]
+    """One line per environment the config file does not hold (it runs with its default options)."""
+
+
+def select_envs(configured: Sequence[EnvSpec], requested: Sequence[EnvSpec]) -> EnvSelection:
+    """The environments ``requested`` on the command line, each with the options ``configured`` (the
+    config file's list) gives it: ``--env arithmetic:0.5`` on a file that configures arithmetic keeps
+    that configuration (prompt format, verifier, shaping) and only sets the weight. Options a request
+    carries itself are merged over the file's. Environments of the file that are not requested are
+    left out. A name the file does not hold gets its default options and a note."""
+    known = {spec.name: spec for spec in configured}
+    specs, notes = [], []
+    for request in requested:
+        base = known.get(request.name)
+        if base is None:
+            notes.append(f"--env {request.name}: not in the config file: using its default options")
+            specs.append(request)
+        else:
+            specs.append(EnvSpec(name=request.name, weight=request.weight, config={**base.config, **request.config}))
+    return EnvSelection(specs, notes)
 
 
 def build_mixture(specs: Sequence[EnvSpec], seed: int = 0, split: Split = "train") -> Mixture:

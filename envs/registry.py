@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from envs.base import EnvConfig, Environment
-from grpopp_trainer.config_tools import ConfigError, validate_config
+from grpopp_trainer.config_tools import ConfigError, UserError, validate_config
 
 ENTRY_POINT_GROUP = "grpopp.envs"
 BUILTIN_MODULES = ("envs.arithmetic", "envs.code", "envs.countdown", "envs.math_data", "envs.reasoning_gym_env")
@@ -44,7 +44,7 @@ _loaded = {"builtins": False, "entry_points": False}
 EnvT = TypeVar("EnvT", bound=type[Environment[Any]])
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError):
     """An environment could not be registered, found or loaded; the message says how to fix it."""
 
 

@@ -1,9 +1,14 @@
-"""Algorithm configuration and the named presets (grpo, dapo, dr_grpo, gspo, cispo, grpopp).
+"""Algorithm configuration and the named presets (grpo, dapo, dr_grpo, gspo, cispo, grpopp, trl_dapo).
 
 An ``AlgorithmConfig`` gathers every knob that makes one RL algorithm differ from another: the
 policy loss (``LossConfig``), how advantages are scaled, DAPO's dynamic sampling and overlong
 handling. Presets are complete configs, each following one paper; ``grpopp`` is the recommended
 default. ``../shared/SPEC.md`` and the module docstring of ``losses`` give the formulas.
+
+``trl_dapo`` is not a paper but a reference implementation: TRL's ``GRPOTrainer`` with its defaults
+(``loss_type="dapo"``). Its source also fixes the optimizer (Adam betas, schedule), so a preset may
+carry optimizer settings (``Preset.optim``); the training config applies them under its own
+``optim`` values.
 
 Dynamic sampling and overlong handling are read by the trainer and the reward shaping; they live
 here because they are part of what an algorithm is (DAPO = loss + these two).
@@ -12,9 +17,12 @@ here because they are part of what an algorithm is (DAPO = loss + these two).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grpopp_trainer.advantages import AdvantageScale
 from grpopp_trainer.config_tools import ConfigError
@@ -86,7 +94,8 @@ class AlgorithmConfig(BaseModel):
 
     advantage_scale: AdvantageScale = "group"
     """Advantage normalisation: "group" (divide by the group's std, GRPO), "batch" (std of the whole
-    batch) or "none" (Dr. GRPO's unbiased r - mean)."""
+    batch) or "none" (Dr. GRPO's unbiased r - mean). true and false are read as "group" and "none",
+    as TRL reads its ``scale_rewards``."""
 
     advantage_eps: float = Field(1e-6, ge=0.0)
     """Added to the std before dividing (scale "group" or "batch")."""
@@ -96,6 +105,11 @@ class AlgorithmConfig(BaseModel):
 
     overlong: OverlongConfig = OverlongConfig()
     """DAPO overlong filtering and soft overlong punishment."""
+
+    @field_validator("advantage_scale", mode="before")
+    @classmethod
+    def _scale_from_bool(cls, value: object) -> object:
+        return {True: "group", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
     def length_limits(self, max_new_tokens: int) -> LengthLimits:
         """The length parameters of reward shaping for a rollout limited to ``max_new_tokens``:
@@ -119,6 +133,9 @@ class Preset:
     config: AlgorithmConfig
     summary: str
     source: str
+    optim: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """``optim`` values of the training config (``config.OptimConfig`` fields) that the source also
+    fixes; a config that picks the preset gets them unless its own ``optim`` section sets them."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -199,6 +216,41 @@ PRESETS: dict[str, Preset] = {
         "+ Dr. GRPO's unbiased advantage + token TIS (cap 2) + dual clip 3.",
         source="DAPO arXiv 2503.14476; Dr. GRPO arXiv 2503.20783; TIS (Yao, Liu et al. 2025); "
         "dual clip arXiv 1912.09729 (c = 3 as verl)",
+    ),
+    "trl_dapo": Preset(
+        AlgorithmConfig(
+            name="trl_dapo",
+            loss=LossConfig(
+                objective="ppo_clip",  # importance_sampling_level="token"
+                eps_low=0.2,  # epsilon
+                eps_high=0.2,  # epsilon_high=None: the same as epsilon
+                dual_clip=None,  # delta=None
+                aggregation="token_mean",  # loss_type="dapo": token sum / tokens of the whole batch
+                kl_coef=0.0,  # beta
+                tis="sequence_mask",  # vllm_importance_sampling_correction=True, _mode="sequence_mask"
+                tis_cap=3.0,  # vllm_importance_sampling_clip_max
+            ),
+            advantage_scale="group",  # scale_rewards="group"
+            advantage_eps=1e-4,  # (r - mean) / (std + 1e-4)
+            dynamic_sampling=DynamicSamplingConfig(enabled=False),  # TRL has none
+            overlong=OverlongConfig(filter_truncated=False, soft_punishment=False),  # mask_truncated_completions
+        ),
+        summary="TRL GRPOTrainer defaults (loss_type='dapo'): clip 0.2/0.2, token mean, group-std advantages "
+        "(+1e-4), no KL, sequence-mask TIS (cap 3), no dynamic sampling or overlong shaping; AdamW betas "
+        "(0.9, 0.999), lr 1e-6 decayed linearly to 0.",
+        source="TRL 1.16.0 trl/trainer/grpo_config.py and grpo_trainer.py (GRPOConfig defaults); "
+        "transformers TrainingArguments defaults (adam_beta1/2, lr_scheduler_type='linear')",
+        optim=MappingProxyType(
+            {
+                "lr": 1e-6,  # GRPOConfig.learning_rate
+                "betas": (0.9, 0.999),  # TrainingArguments.adam_beta1, adam_beta2 (adam_epsilon 1e-8 = torch's)
+                "weight_decay": 0.0,
+                "max_grad_norm": 1.0,
+                "warmup_steps": 0,
+                "schedule": "linear",  # lr_scheduler_type="linear": from lr down to 0 at the last step
+                "min_lr_ratio": 0.0,
+            }
+        ),
     ),
 }
 

@@ -1,7 +1,9 @@
 """Rollout batches: groups of scored completions, DAPO's filters, and the tensors the loss needs.
 
 A ``Group`` is one prompt with its G completions, each verified and shaped by its environment
-(``Environment.score_batch``, the same path evaluation uses). Here live the pieces of a training
+(``Environment.score_batch``, the same path evaluation uses). A reward that is not a finite number
+(NaN or inf from a verifier or a shaping component) becomes status "error" there, so such a sample
+is masked like any the verifier could not judge and never reaches the advantages. Here live the pieces of a training
 step that are pure bookkeeping: scoring per environment, which samples are valid (the verifier
 could judge them), which groups carry signal (dynamic sampling), which samples are masked by
 overlong filtering, and the padded tensors handed to the loss.
@@ -19,7 +21,7 @@ import torch
 from envs.base import Environment, Task
 from grpopp_trainer.advantages import zero_variance_groups
 from grpopp_trainer.rollout.base import Completion
-from rewards.shaping import LengthLimits
+from rewards.shaping import LengthLimits, finite_or_error
 from rewards.types import Reward
 
 
@@ -83,7 +85,9 @@ def score_groups(
     envs: dict[str, Environment[Any]],
     limits: LengthLimits,
 ) -> list[Group]:
-    """Verify and shape every completion with its task's environment, batched per environment."""
+    """Verify and shape every completion with its task's environment, batched per environment. A
+    reward whose total or a component is not finite is made an "error" (``finite_or_error``): an
+    environment may override ``score_batch`` and bypass ``compose_reward``'s own check."""
     by_env: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for i, task in enumerate(tasks):
         by_env[task.env].extend((i, j) for j in range(len(completions[i])))
@@ -96,7 +100,7 @@ def score_groups(
             [len(completions[i][j].token_ids) for i, j in slots],
             limits,
         )
-        rewards.update(zip(slots, scored, strict=True))
+        rewards.update(zip(slots, (finite_or_error(reward) for reward in scored), strict=True))
     return [
         Group(task, [Sample(c, rewards[(i, j)]) for j, c in enumerate(completions[i])]) for i, task in enumerate(tasks)
     ]

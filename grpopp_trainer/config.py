@@ -1,11 +1,16 @@
 """``TrainConfig``: everything a training run needs, in one validated pydantic model.
 
 Sources, later ones winning: the field defaults, a built-in recipe or a YAML/TOML file
-(``--config``), ``--env NAME[:WEIGHT]`` flags (they replace the file's environment list), and
-``--set KEY.PATH=VALUE`` overrides. ``algorithm`` starts from a named preset; any of its fields can be
-overridden, loss fields also by their short name (``--set algorithm.eps_high=0.28`` means
-``algorithm.loss.eps_high``). Values derived from the config (completions per step, micro-batches
-per mini-batch, ...) are computed once in ``derived()`` and shown in the run's start-up summary.
+(``--config``), ``--env NAME[:WEIGHT]`` flags, and ``--set KEY.PATH=VALUE`` overrides. ``--env`` flags
+choose the mixture: the environments they name, with their weights, each keeping the options the
+file gives it (``envs.mixture.select_envs``, which ``grpopp eval`` uses too); a name the file does
+not hold runs with its default options, and ``resolve_train_config`` returns a note saying so.
+``algorithm`` starts from a named preset (``algorithm: {preset: dapo}`` in the file, or ``--set
+algorithm.preset=dapo``); any of its fields can be overridden, loss fields also by their short name
+(``--set algorithm.eps_high=0.28`` means ``algorithm.loss.eps_high``). A preset that fixes optimizer
+settings (``trl_dapo``: TRL's Adam betas and schedule) supplies them to ``optim`` under the file's
+own values. Values derived from the config (completions per step, micro-batches per mini-batch, ...)
+are computed once in ``derived()`` and shown in the run's start-up summary.
 
 With no config at all, ``grpopp train`` runs the built-in recipe ``tiny-arithmetic``: a tiny model
 built by the project, trained on the ``arithmetic`` environment on a CPU in minutes.
@@ -15,13 +20,14 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from envs.mixture import EnvSpec, parse_env_arg
+from envs.mixture import EnvSpec, parse_env_arg, select_envs
 from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig
 from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
 from grpopp_trainer.losses import LossConfig
@@ -168,11 +174,26 @@ class EvalConfig(BaseModel):
     every: int = Field(0, ge=0)
     """Evaluate every this many steps; 0: only before and after training."""
 
-    tasks_per_env: int = Field(200, ge=1)
-    """Held-out tasks per environment (fewer if the test split is smaller)."""
+    tasks_per_env: int = Field(200, ge=0)
+    """Held-out tasks per environment (fewer if the test split is smaller); 0 turns held-out
+    evaluation off (before, during and after training)."""
 
     greedy: bool = True
     """Greedy decoding (else sampling with the rollout's temperature)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run evaluates at all (``tasks_per_env`` > 0)."""
+        return self.tasks_per_env > 0
+
+    @model_validator(mode="after")
+    def _check_every(self) -> EvalConfig:
+        if self.every > 0 and not self.enabled:
+            raise ValueError(
+                f"every={self.every} asks for evaluations during training but tasks_per_env=0 turns evaluation "
+                "off: set every=0, or tasks_per_env to the number of held-out tasks per environment"
+            )
+        return self
 
 
 class CheckpointConfig(BaseModel):
@@ -208,7 +229,12 @@ class LoggingConfig(BaseModel):
     """W&B project name."""
 
     progress: bool = True
-    """Show a progress bar with reward, accuracy, length and entropy."""
+    """In a terminal, show live progress bars (steps with reward, accuracy, length, entropy and ETA;
+    evaluations; the tiny model's warm start). Lines are printed either way (see print_every)."""
+
+    print_every: int = Field(10, ge=0)
+    """In a terminal, also print a kept line every this many steps (0: never); without a terminal
+    every step is printed as a line."""
 
 
 class TrainConfig(BaseModel):
@@ -325,6 +351,28 @@ def _resolve_algorithm(data: dict[str, Any]) -> None:
             raw.setdefault("loss", {})[key] = raw.pop(key)
     data["algorithm"] = _deep_merge(base, raw)
     data["algorithm"]["name"] = preset if not raw.keys() - {"name"} else f"{preset} + overrides"
+    preset_optim = PRESETS[preset].optim
+    if preset_optim:  # the preset's optimizer settings, under the file's own
+        own = data.get("optim") or {}
+        if not isinstance(own, dict):
+            raise ConfigError("optim: give a mapping of optimizer settings, e.g. optim: {lr: 1.0e-6}")
+        data["optim"] = {**preset_optim, **own}
+
+
+def _take_preset_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Apply ``--set algorithm.preset=NAME`` to the file's data (the file's algorithm overrides then
+    apply to that preset) and return the other overrides."""
+    rest = []
+    for assignment in overrides:
+        key, sep, value = assignment.partition("=")
+        if key.strip() != "algorithm.preset" or not sep:
+            rest.append(assignment)
+            continue
+        raw = data.get("algorithm")
+        raw = dict(raw) if isinstance(raw, dict) else {}
+        raw.pop("name", None)
+        data["algorithm"] = {**raw, "preset": value.strip()}
+    return rest
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -368,20 +416,51 @@ def load_run_config(run_dir: Path) -> TrainConfig:
         raise ConfigError(f"{path}: {error}") from None
 
 
+def _file_envs(data: dict[str, Any]) -> list[EnvSpec]:
+    """The environments the config file lists (none when it has no ``envs``), validated."""
+    raw = data.get("envs") or []
+    if not isinstance(raw, list):
+        raise ConfigError("envs: give a list of environments, e.g. envs: [{name: gsm8k, weight: 0.7}]")
+    return [validate_config(EnvSpec, item, f"envs.{index}") for index, item in enumerate(raw)]
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A run's config and what resolving it has to tell the user."""
+
+    config: TrainConfig
+    notes: list[str]
+    """Lines to print before the run: e.g. an --env name the config file does not hold."""
+
+
 def load_train_config(
     config_file: str | Path | None = None,
     envs: list[str] | None = None,
     overrides: list[str] | None = None,
 ) -> TrainConfig:
     """Build the run's config: file (or the tiny-arithmetic recipe when no file is given), then --env
-    flags, then --set overrides. Every error names the key and how to fix it."""
+    flags, then --set overrides. Every error names the key and how to fix it. ``resolve_train_config``
+    also returns the notes to print."""
+    return resolve_train_config(config_file, envs, overrides).config
+
+
+def resolve_train_config(
+    config_file: str | Path | None = None,
+    envs: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> ResolvedConfig:
+    """``load_train_config``, with the notes for the user (``select_envs``)."""
     path = Path(config_file) if config_file is not None else recipe_path("tiny-arithmetic")
     if config_file is not None and str(config_file) in RECIPES:
         path = recipe_path(str(config_file))
     data = load_config_file(path)
+    overrides = _take_preset_overrides(data, list(overrides or []))
     _resolve_algorithm(data)
+    notes: list[str] = []
     if envs:
-        data["envs"] = [parse_env_arg(text).model_dump() for text in envs]
+        selection = select_envs(_file_envs(data), [parse_env_arg(text) for text in envs])
+        data["envs"] = [spec.model_dump() for spec in selection.specs]
+        notes += selection.notes
     config = validate_config(TrainConfig, data)
     if overrides:
         expanded = _expand_short_overrides(overrides)
@@ -390,4 +469,4 @@ def load_train_config(
         if changed and not config.algorithm.name.endswith("+ overrides"):
             algorithm = config.algorithm.model_copy(update={"name": f"{config.algorithm.name} + overrides"})
             config = config.model_copy(update={"algorithm": algorithm})
-    return config
+    return ResolvedConfig(config, notes)

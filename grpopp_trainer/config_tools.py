@@ -1,16 +1,25 @@
 """Config helpers shared by every pydantic config: dotted overrides and readable errors.
 
 ``apply_overrides(cfg, ["loss.eps_high=0.28"])`` is what ``--set KEY=VALUE`` does on the CLI. An
-unknown key is refused with the closest known key suggested; a bad value is refused with pydantic's
-reason and the dotted key it belongs to, never silently ignored.
+unknown key is refused with the closest known key suggested, or, when it is a TRL or verl name
+(``epsilon_high``, ``actor_rollout_ref.rollout.n``), with grpopp's key for it (``FOREIGN_NAMES``,
+the one table of those names); a bad value is refused with pydantic's reason and the dotted key it
+belongs to, never silently ignored.
+
+``UserError`` is the base of every error a user can cause (config, data file, plugin, model path,
+checkpoint, report, input file): the CLI prints its message as one paragraph and exits with status
+2. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,18 +28,279 @@ from pydantic import BaseModel, ValidationError
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Something a user got wrong (a config key or value, a data file, a plugin, a model path, a
+    checkpoint, an input file); the message names the key, file or line and says how to fix it.
+    The CLI prints it as one paragraph and exits with status 2."""
+
+
+class ConfigError(UserError):
     """A configuration problem; the message names the key and says how to fix it."""
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``key.path: reason (got value)``."""
+# -- TRL and verl names ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForeignName:
+    """A training setting as TRL's ``GRPOConfig`` and verl's config call it, and grpopp's key for it."""
+
+    key: str
+    """grpopp's key (a ``TrainConfig`` path), or "" where grpopp has no such setting."""
+    trl: tuple[str, ...] = ()
+    verl: tuple[str, ...] = ()
+    note: str = ""
+    """How values translate, where they are not the same."""
+
+
+FOREIGN_NAMES: tuple[ForeignName, ...] = (
+    ForeignName("algorithm.loss.eps_low", ("epsilon",), ("actor_rollout_ref.actor.clip_ratio_low",)),
+    ForeignName("algorithm.loss.eps_high", ("epsilon_high",), ("actor_rollout_ref.actor.clip_ratio_high",)),
+    ForeignName(
+        "algorithm.loss.eps_low",
+        (),
+        ("actor_rollout_ref.actor.clip_ratio",),
+        "verl's clip_ratio sets both bounds: set algorithm.loss.eps_low and algorithm.loss.eps_high",
+    ),
+    ForeignName(
+        "algorithm.loss.dual_clip",
+        ("delta",),
+        ("actor_rollout_ref.actor.clip_ratio_c",),
+        "the ratio of a negative-advantage token is bounded by this constant c > 1",
+    ),
+    ForeignName(
+        "algorithm.loss.aggregation",
+        ("loss_type",),
+        ("actor_rollout_ref.actor.loss_agg_mode",),
+        "TRL grpo = seq_mean_token_mean, dapo and bnpo = token_mean, dr_grpo = constant_norm (with "
+        "algorithm.loss.norm_length), cispo = algorithm.loss.objective=cispo; verl token-mean = token_mean, "
+        "seq-mean-token-mean = seq_mean_token_mean, seq-mean-token-sum = seq_mean_token_sum, "
+        "seq-mean-token-sum-norm = constant_norm. A whole recipe is a preset: algorithm.preset=dr_grpo; TRL's "
+        "defaults as a whole: --set algorithm.preset=trl_dapo",
+    ),
+    ForeignName("algorithm.loss.norm_length", (), ("actor_rollout_ref.actor.loss_scale_factor",)),
+    ForeignName(
+        "algorithm.loss.objective",
+        ("importance_sampling_level",),
+        ("actor_rollout_ref.actor.policy_loss.loss_mode",),
+        "TRL token = ppo_clip, sequence = gspo; verl vanilla = ppo_clip, gspo = gspo",
+    ),
+    ForeignName(
+        "algorithm.loss.kl_coef",
+        ("beta",),
+        ("actor_rollout_ref.actor.kl_loss_coef", "actor_rollout_ref.actor.use_kl_loss"),
+        "0 turns the KL term off",
+    ),
+    ForeignName(
+        "algorithm.loss.kl_estimator",
+        (),
+        ("actor_rollout_ref.actor.kl_loss_type",),
+        "verl kl = k1, mse = k2, low_var_kl = k3",
+    ),
+    ForeignName(
+        "algorithm.loss.tis",
+        ("vllm_importance_sampling_mode", "vllm_importance_sampling_correction"),
+        ("algorithm.rollout_correction.rollout_is",),
+        "TRL's modes have the same names here; correction false = off; verl token = token_truncate, "
+        "sequence = sequence_truncate",
+    ),
+    ForeignName(
+        "algorithm.loss.tis_cap",
+        ("vllm_importance_sampling_clip_max", "vllm_importance_sampling_cap"),
+        ("algorithm.rollout_correction.rollout_is_threshold",),
+    ),
+    ForeignName(
+        "algorithm.advantage_scale",
+        ("scale_rewards",),
+        ("algorithm.norm_adv_by_std_in_grpo",),
+        "group, batch or none (TRL true = group, false = none; verl false = none)",
+    ),
+    ForeignName("algorithm.overlong.filter_truncated", ("mask_truncated_completions",)),
+    ForeignName("algorithm.overlong.soft_punishment", (), ("reward_model.overlong_buffer.enable",)),
+    ForeignName("algorithm.overlong.cache_length", (), ("reward_model.overlong_buffer.len",)),
+    ForeignName("algorithm.overlong.penalty_factor", (), ("reward_model.overlong_buffer.penalty_factor",)),
+    ForeignName("algorithm.dynamic_sampling.enabled", (), ("algorithm.filter_groups.enable",)),
+    ForeignName(
+        "algorithm.dynamic_sampling.max_generation_rounds", (), ("algorithm.filter_groups.max_num_gen_batches",)
+    ),
+    ForeignName("rollout.completions_per_prompt", ("num_generations",), ("actor_rollout_ref.rollout.n",)),
+    ForeignName("rollout.max_new_tokens", ("max_completion_length",), ("data.max_response_length",)),
+    ForeignName("rollout.temperature", ("temperature",), ("actor_rollout_ref.rollout.temperature",)),
+    ForeignName("rollout.top_p", ("top_p",), ("actor_rollout_ref.rollout.top_p",)),
+    ForeignName("rollout.top_k", ("top_k",), ("actor_rollout_ref.rollout.top_k",)),
+    ForeignName(
+        "rollout.engine",
+        ("use_vllm", "vllm_mode"),
+        ("actor_rollout_ref.rollout.name",),
+        "hf or vllm; grpopp's vLLM runs colocated in the trainer (TRL vllm_mode=colocate)",
+    ),
+    ForeignName(
+        "rollout.vllm.gpu_memory_utilization",
+        ("vllm_gpu_memory_utilization",),
+        ("actor_rollout_ref.rollout.gpu_memory_utilization",),
+    ),
+    ForeignName("rollout.vllm.sleep_level", ("vllm_enable_sleep_mode",), (), "0 = no sleep mode, 1 or 2 = sleep"),
+    ForeignName("rollout.vllm.max_model_len", ("vllm_max_model_length",), ("actor_rollout_ref.rollout.max_model_len",)),
+    ForeignName(
+        "batch.prompts_per_step",
+        ("generation_batch_size",),
+        ("data.train_batch_size",),
+        "grpopp counts prompts: TRL's generation_batch_size counts completions (prompts x num_generations)",
+    ),
+    ForeignName(
+        "batch.micro_batch_size",
+        ("per_device_train_batch_size",),
+        ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",),
+        "completions per forward and backward pass",
+    ),
+    ForeignName(
+        "batch.mini_batches",
+        ("steps_per_generation",),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size",),
+        "optimizer steps per rollout batch; verl: data.train_batch_size / ppo_mini_batch_size",
+    ),
+    ForeignName("batch.epochs", ("num_iterations",), ("actor_rollout_ref.actor.ppo_epochs",)),
+    ForeignName(
+        "",
+        ("gradient_accumulation_steps",),
+        (),
+        "grpopp derives it: completions per mini-batch / batch.micro_batch_size",
+    ),
+    ForeignName("optim.lr", ("learning_rate",), ("actor_rollout_ref.actor.optim.lr",)),
+    ForeignName("optim.warmup_steps", ("warmup_steps",), ("actor_rollout_ref.actor.optim.lr_warmup_steps",)),
+    ForeignName("optim.schedule", ("lr_scheduler_type",), (), "constant, cosine or linear"),
+    ForeignName("optim.weight_decay", ("weight_decay",), ("actor_rollout_ref.actor.optim.weight_decay",)),
+    ForeignName("optim.max_grad_norm", ("max_grad_norm",), ("actor_rollout_ref.actor.grad_clip",)),
+    ForeignName("steps", ("max_steps",), ("trainer.total_training_steps",)),
+    ForeignName("checkpoint.every", ("save_steps",), ("trainer.save_freq",)),
+    ForeignName("checkpoint.keep_last", ("save_total_limit",), ("trainer.max_actor_ckpt_to_keep",)),
+    ForeignName("eval.every", ("eval_steps",), ("trainer.test_freq",)),
+    ForeignName("logging.run_dir", ("output_dir",), ("trainer.default_local_dir",)),
+    ForeignName(
+        "logging.wandb",
+        ("report_to",),
+        ("trainer.logger",),
+        "logging.wandb=true for W&B, logging.tensorboard=true for TensorBoard",
+    ),
+    ForeignName("model.name_or_path", ("model_name_or_path",), ("actor_rollout_ref.model.path",)),
+    ForeignName(
+        "model.gradient_checkpointing",
+        ("gradient_checkpointing",),
+        ("actor_rollout_ref.model.enable_gradient_checkpointing",),
+    ),
+    ForeignName("model.dtype", ("bf16",), (), "bf16=true is model.dtype=bfloat16"),
+    ForeignName("", ("max_prompt_length",), ("data.max_prompt_length",), "grpopp never truncates prompts"),
+)
+"""TRL ``GRPOConfig`` and verl names of grpopp's settings: an unknown key that is one of them gets
+grpopp's key in its error (``--set algorithm.epsilon_high=0.28`` -> ``algorithm.loss.eps_high``)."""
+
+
+def _foreign_index() -> dict[str, list[tuple[ForeignName, str, str]]]:
+    """Every way a foreign name may be typed -> (entry, its framework, the full foreign name). TRL names
+    are flat; a verl name matches by any dotted tail of two or more parts, or by its last part when that
+    is distinctive (holds '_' or has 8+ letters: ``clip_ratio_high``, not ``n`` or ``enable``)."""
+    index: dict[str, list[tuple[ForeignName, str, str]]] = {}
+    for entry in FOREIGN_NAMES:
+        for name in entry.trl:
+            index.setdefault(name, []).append((entry, "TRL's", name))
+        for name in entry.verl:
+            parts = name.split(".")
+            tails = [".".join(parts[i:]) for i in range(len(parts) - 1)]
+            if "_" in parts[-1] or len(parts[-1]) >= 8:
+                tails.append(parts[-1])
+            for tail in tails:
+                index.setdefault(tail, []).append((entry, "verl's", name))
+    return index
+
+
+_FOREIGN_INDEX = _foreign_index()
+
+
+def foreign_name_hint(model: type[BaseModel], path: Sequence[str]) -> str | None:
+    """For an unknown dotted key that is a TRL or verl name: which setting of ``model`` it is, and how
+    its values translate; None when it is none of them (or several, by a too-short tail)."""
+    for start in range(len(path)):
+        matches = _FOREIGN_INDEX.get(".".join(path[start:]), [])
+        if len({entry.key for entry, _, _ in matches}) == 1:
+            entry, framework, name = matches[0]
+            note = f" ({entry.note})" if entry.note else ""
+            if not entry.key:
+                return f"{name} is {framework} name for a setting grpopp does not have{note}"
+            return f"{name} is {framework} name; grpopp's key is {_key_under(model, entry.key)}{note}"
+    return None
+
+
+def _key_under(model: type[BaseModel], key: str) -> str:
+    """``key`` (a TrainConfig path) as seen from ``model``: "loss.eps_high" under an AlgorithmConfig."""
+    parts = key.split(".")
+    for start in range(len(parts)):
+        parent = _field_model(model, parts[start:-1])
+        if parent is not None and parts[-1] in parent.model_fields:
+            return ".".join(parts[start:])
+    return f"{key} (a training-config key)"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds: itself, or the model inside list[...] / X | None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_model(model: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model reached by walking ``path`` (field names; list indices are stepped over), or None."""
+    current: type[BaseModel] = model
+    for part in path:
+        if isinstance(part, int) or str(part).isdigit():
+            continue
+        field = current.model_fields.get(str(part))
+        nested = _nested_model(field.annotation) if field is not None else None
+        if nested is None:
+            return None
+        current = nested
+    return current
+
+
+def unknown_key_message(model: type[BaseModel], path: Sequence[str]) -> str:
+    """Why the dotted ``path`` is no key of ``model``: grpopp's key for a TRL/verl name, or the closest
+    field and the known ones where the path goes wrong."""
+    key = ".".join(path)
+    foreign = foreign_name_hint(model, path)
+    if foreign is not None:
+        return f"unknown key {key!r}: {foreign}"
+    depth = 0
+    while depth < len(path) - 1 and _field_model(model, path[: depth + 1]) is not None:
+        depth += 1
+    parent = _field_model(model, path[:depth])
+    if parent is None:
+        return f"unknown key {key!r}"
+    fields = list(parent.model_fields)
+    part = path[depth]
+    close = difflib.get_close_matches(part, fields, n=1)
+    hint = f" Did you mean {'.'.join([*path[:depth], close[0]])!r}?" if close else ""
+    if depth == 0:
+        return f"unknown key {key!r}.{hint} Known keys: {', '.join(fields)}"
+    where = ".".join(path[:depth])
+    return f"unknown key {key!r}: {where} has no field {part!r}.{hint} Known fields there: {', '.join(fields)}"
+
+
+def format_validation_error(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``key.path: reason (got value)`` (a rule across fields names its keys in
+    its reason); an unknown key of ``model`` says what it may have meant (``unknown_key_message``)."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "") or "(config)"
+        key = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        if item["type"] == "extra_forbidden" and model is not None:
+            message = unknown_key_message(model, [str(part) for part in item["loc"]])
+            lines.append(f"{prefix}: {message}" if prefix else message)
+            continue
         reason = item["msg"].removeprefix("Value error, ")
         got = "" if item["type"] == "value_error" else f" (got {item['input']!r})"
-        lines.append(f"{key}: {reason}{got}")
+        lines.append(f"{key}: {reason}{got}" if key else f"{reason}{got}")
     return "\n".join(lines)
 
 
@@ -39,7 +309,7 @@ def validate_config(model: type[ModelT], data: Any, prefix: str = "") -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, prefix)) from None
+        raise ConfigError(format_validation_error(error, prefix, model)) from None
 
 
 def parse_value(text: str) -> Any:
@@ -53,18 +323,13 @@ def parse_value(text: str) -> Any:
 
 
 def _check_path(model: type[BaseModel], path: list[str]) -> None:
-    """Refuse a dotted key that names no field, suggesting the closest one."""
+    """Refuse a dotted key that names no field, suggesting the closest one (or grpopp's key for a
+    TRL/verl name)."""
     current: type[BaseModel] = model
     for depth, part in enumerate(path):
         fields = current.model_fields
         if part not in fields:
-            where = ".".join(path[:depth]) or "the top level"
-            close = difflib.get_close_matches(part, list(fields), n=1)
-            hint = f" Did you mean {'.'.join([*path[:depth], close[0]])!r}?" if close else ""
-            raise ConfigError(
-                f"unknown key {'.'.join(path)!r}: {where} has no field {part!r}.{hint} "
-                f"Known fields there: {', '.join(fields)}"
-            )
+            raise ConfigError(unknown_key_message(model, path))
         annotation = fields[part].annotation
         is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
         if depth < len(path) - 1 and not is_model:
@@ -121,3 +386,26 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return data
+
+
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9_][\w.\-]*/)?[A-Za-z0-9_][\w.\-]*")
+
+
+def check_model_source(value: str, what: str = "model.name_or_path", also: str = "") -> None:
+    """Refuse a model that is neither "tiny", a local Hugging Face model folder (one with config.json)
+    nor shaped like a hub id (NAME or NAMESPACE/NAME), before transformers or the hub see it: a
+    path-looking value that does not exist ("/data/model", "./ckpt") is a missing folder, not a repo.
+    ``also`` names the other things ``what`` may be (e.g. "a run directory, ")."""
+    if value == "tiny":
+        return
+    path = Path(value).expanduser()
+    fix = f"give {also}a model folder (with config.json), a hub id (NAME or NAMESPACE/NAME) or 'tiny'"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{what} {value!r} is a folder without config.json, not a model folder: {fix}")
+        return
+    if path.exists():
+        raise ConfigError(f"{what} {value!r} is a file, not a model folder: {fix}")
+    hub_like = _HUB_ID.fullmatch(value) is not None and ".." not in value and "--" not in value
+    if not hub_like or len(value) > 96 or value.endswith((".", "-")):
+        raise ConfigError(f"{what} {value!r}: no such folder: {fix}")

@@ -7,6 +7,11 @@ built-in recipe's config is the base, with the model replaced. Options override 
 checkpoint: build the rollout engine of the config (``hf`` or ``vllm``), run
 ``evaluate.evaluate_engine`` and collect the results.
 
+Everything is checked before any work starts (targets, ``checkpoints``, options, environments and
+their data, model folders); the output folder is created only then, and the files land in it only
+when the evaluation has succeeded (written beside their final names and renamed), so a failed or
+refused evaluation changes no earlier evaluation in ``out`` and leaves no empty folder.
+
 Output (``out``, default RUN_DIR/evals/<UTC time> for a run directory, else evals/<UTC time>):
 
 - ``results.json``: the resolved job (environments, sampling, settings, limits), package versions,
@@ -29,7 +34,10 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -37,14 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
 
 from envs.base import Environment, Split, Task
-from envs.mixture import parse_env_arg
+from envs.mixture import EnvSpec, parse_env_arg, select_envs
 from envs.registry import make_env
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.config import TrainConfig, is_run_dir, load_run_config, load_train_config
-from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.config_tools import ConfigError, check_model_source, format_validation_error
 from grpopp_trainer.evaluate import (
     EvalRun,
     EvalSettings,
@@ -54,9 +63,13 @@ from grpopp_trainer.evaluate import (
     require_held_out,
     summarise,
 )
+from grpopp_trainer.progress import Ticker
 from grpopp_trainer.rollout.base import SamplingParams
 from rewards.shaping import LengthLimits
 from rewards.types import Reward
+
+_PROGRESS_CONSOLE = Console(stderr=True)
+"""Evaluation progress goes to stderr: a bar in a terminal, a line every 30 s otherwise."""
 
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -86,6 +99,9 @@ class EvalJob(BaseModel):
     train_config: dict[str, Any]
     """The run's (or the recipe's) config the engine and model settings come from."""
 
+    notes: list[str] = Field(default=[], exclude=True)
+    """What the user should hear about the resolution (an --env the config does not hold); not saved."""
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -98,36 +114,53 @@ class Checkpoint:
 
 
 def resolve_targets(targets: list[str], which: str) -> list[Checkpoint]:
-    """Expand run directories into their checkpoints (``which``: all | last | every:N)."""
+    """Expand run directories into their checkpoints (``which``: all | last | every:N); any other
+    target must be a model folder, a hub id or "tiny" (``check_model_source``)."""
+    every = parse_checkpoints(which)
     found: list[Checkpoint] = []
     for target in targets:
         run_dir = Path(target)
         if is_run_dir(run_dir):
             config = load_run_config(run_dir)
-            checkpoints = _choose(ckpt.list_checkpoints(run_dir), which, target)
+            checkpoints = _choose(ckpt.list_checkpoints(run_dir), every, target)
             found += [Checkpoint(str(c), int(c.name.removeprefix(ckpt.PREFIX)), config) for c in checkpoints]
         else:
-            config = load_train_config(overrides=[f"model.name_or_path={target}"])
-            found.append(Checkpoint(target, None, config))
+            check_model_source(target, "eval target", also="a run directory (with config.yaml), ")
+            config = load_train_config()
+            model = config.model.model_copy(update={"name_or_path": target})
+            found.append(Checkpoint(target, None, config.model_copy(update={"model": model})))
     return found
 
 
-def _choose(checkpoints: list[Path], which: str, target: str) -> list[Path]:
+def verify_checkpoints(checkpoints: list[Checkpoint]) -> None:
+    """Refuse a checkpoint of a run that is not complete (``checkpoint.checkpoint_problem``: a file cut
+    short or changed since it was saved), naming it and the problem."""
+    for point in checkpoints:
+        problem = ckpt.checkpoint_problem(Path(point.path)) if point.step is not None else None
+        if problem is not None:
+            raise ConfigError(
+                f"checkpoint {point.path} cannot be evaluated: {problem}. Choose others with --checkpoints, or "
+                "restore an intact copy of that folder"
+            )
+
+
+def parse_checkpoints(which: str) -> int | None:
+    """``--checkpoints``: "last" -> None, "all" -> 1, "every:N" -> N (N >= 1)."""
+    if which in ("last", "all"):
+        return None if which == "last" else 1
+    head, _, count = which.partition(":")
+    if head == "every" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    raise ConfigError(f"--checkpoints {which!r}: use all, last or every:N (N >= 1 steps)")
+
+
+def _choose(checkpoints: list[Path], every: int | None, target: str) -> list[Path]:
     if not checkpoints:
         raise ConfigError(f"{target}: the run has no complete checkpoint to evaluate (set checkpoint.every)")
-    if which == "last":
+    if every is None:
         return checkpoints[-1:]
-    if which == "all":
-        return checkpoints
-    if which.startswith("every:"):
-        try:
-            every = int(which.removeprefix("every:"))
-        except ValueError:
-            every = 0
-        if every >= 1:
-            chosen = [c for c in checkpoints if int(c.name.removeprefix(ckpt.PREFIX)) % every == 0]
-            return chosen or checkpoints[-1:]
-    raise ConfigError(f"--checkpoints {which!r}: use all, last or every:N (N >= 1 steps)")
+    chosen = [c for c in checkpoints if int(c.name.removeprefix(ckpt.PREFIX)) % every == 0]
+    return chosen or checkpoints[-1:]
 
 
 def parse_eval_env(text: str, default_tasks: int) -> tuple[str, int]:
@@ -151,10 +184,11 @@ def resolve_job(
 ) -> EvalJob:
     """Environments (the run's config for each, when it has one), sampling (the run's rollout, with
     the overrides), and the length limits the run's shaping used."""
-    known = {spec.name: spec for spec in base.envs}
     chosen = [parse_eval_env(arg, tasks) for arg in env_args] or [(spec.name, tasks) for spec in base.envs]
+    selection = select_envs(base.envs, [EnvSpec(name=name) for name, _ in chosen])  # as `grpopp train --env`
     envs = [
-        EvalEnv(name=name, tasks=count, config=known[name].config if name in known else {}) for name, count in chosen
+        EvalEnv(name=spec.name, tasks=count, config=spec.config)
+        for spec, (_, count) in zip(selection.specs, chosen, strict=True)
     ]
     rollout = base.rollout
     sampling = SamplingParams(
@@ -169,7 +203,12 @@ def resolve_job(
         raise ConfigError("--greedy gives one answer per task: use --samples 1 (or sample with a temperature)")
     limits = base.algorithm.length_limits(sampling.max_new_tokens)
     return EvalJob(
-        envs=envs, settings=settings, sampling=sampling, limits=limits, train_config=base.model_dump(mode="json")
+        envs=envs,
+        settings=settings,
+        sampling=sampling,
+        limits=limits,
+        train_config=base.model_dump(mode="json"),
+        notes=selection.notes,
     )
 
 
@@ -178,48 +217,96 @@ def build_envs(job: EvalJob) -> dict[str, Environment[Any]]:
     return {e.name: make_env(e.name, **e.config) for e in job.envs}
 
 
-def run_eval(targets: list[str], which: str, job_for: Any, out: Path | None) -> tuple[Path, dict[str, Any]]:
+def run_eval(
+    targets: list[str],
+    which: str,
+    job_for: Callable[[TrainConfig], EvalJob],
+    out: Path | None,
+    extra_files: Mapping[str, str] | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Evaluate every checkpoint of ``targets``; ``job_for(config)`` resolves the job against each
-    target's config. Returns the output folder and the results written to it."""
+    target's config. Returns the output folder and the results written to it (with ``extra_files``,
+    name -> text, beside them).
+
+    Steps: 1. check everything (targets, jobs, environments, devices, checkpoints, the output folder);
+    2. create the output folder; 3. evaluate each checkpoint into a temporary samples file;
+    4. move samples.jsonl, results.json and the extra files into place."""
     from grpopp_trainer.run import load_model, make_engine, model_source, resolve_device
 
-    checkpoints = resolve_targets(targets, which)
+    checkpoints = resolve_targets(targets, which)  # 1.
+    jobs = [job_for(point.config) for point in checkpoints]
+    envs_of: dict[str, dict[str, Environment[Any]]] = {}
+    for job in jobs:
+        if job.model_dump_json() not in envs_of:
+            envs_of[job.model_dump_json()] = build_envs(job)
+    for point in checkpoints:
+        resolve_device(point.config.device)
+    verify_checkpoints(checkpoints)  # last: it reads every file of every checkpoint
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     first = Path(targets[0])
     out = out or ((first / "evals" / stamp) if is_run_dir(first) else Path("evals") / stamp)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file is there; give a folder for results.json and samples.jsonl")
     results: dict[str, Any] = {"versions": _versions(), "checkpoints": []}
-    samples_path = out / SAMPLES_FILE
-    samples_path.write_text("")
-    for point in checkpoints:
-        job: EvalJob = job_for(point.config)
-        results.setdefault("config", json.loads(job.model_dump_json()))
-        config = point.config
-        torch.manual_seed(job.settings.seed)
-        source = model_source(config.model, point.path if point.step is not None else None)
-        model, tokenizer = load_model(config.model, source)
-        torch.nn.Module.to(model, resolve_device(config.device))
-        engine = make_engine(config, model, tokenizer, source)
-        try:
-            envs = build_envs(job)
-            tasks = {e.name: e.tasks for e in job.envs}
-            run = evaluate_engine(engine, envs, tasks, job.sampling, job.limits, job.settings)
-        finally:
-            engine.close()  # a vLLM engine ends before the next checkpoint's is built
-        results["checkpoints"].append(
-            {
-                "checkpoint": point.path,
-                "step": point.step,
-                "envs": run.per_env,
-                "overall": run.overall,
-                "config": json.loads(job.model_dump_json()),  # targets may differ (e.g. two runs)
-            }
-        )
-        _append_samples(samples_path, point, run)
-        del engine, model
-        gc.collect()
-    (out / RESULTS_FILE).write_text(json.dumps(_finite(results), indent=2) + "\n")
+    with _new_files(out, [SAMPLES_FILE, RESULTS_FILE, *(extra_files or {})]) as staged:  # 2.
+        for point, job in zip(checkpoints, jobs, strict=True):  # 3.
+            results.setdefault("config", json.loads(job.model_dump_json()))
+            config = point.config
+            torch.manual_seed(job.settings.seed)
+            source = model_source(config.model, point.path if point.step is not None else None)
+            model, tokenizer = load_model(config.model, source)
+            torch.nn.Module.to(model, resolve_device(config.device))
+            engine = make_engine(config, model, tokenizer, source)
+            try:
+                tasks = {e.name: e.tasks for e in job.envs}
+                envs = envs_of[job.model_dump_json()]
+                total = sum(tasks.values())
+                with Ticker(f"evaluating {point.path}", total, console=_PROGRESS_CONSOLE) as ticker:
+                    run = evaluate_engine(
+                        engine, envs, tasks, job.sampling, job.limits, job.settings, progress=ticker.update
+                    )
+            finally:
+                engine.close()  # a vLLM engine ends before the next checkpoint's is built
+            results["checkpoints"].append(
+                {
+                    "checkpoint": point.path,
+                    "step": point.step,
+                    "envs": run.per_env,
+                    "overall": run.overall,
+                    "config": json.loads(job.model_dump_json()),  # targets may differ (e.g. two runs)
+                }
+            )
+            _append_samples(staged[SAMPLES_FILE], point, run)
+            del engine, model
+            gc.collect()
+        staged[RESULTS_FILE].write_text(json.dumps(_finite(results), indent=2) + "\n")  # 4.
+        for name, text in (extra_files or {}).items():
+            staged[name].write_text(text)
     return out, results
+
+
+@contextmanager
+def _new_files(folder: Path, names: list[str]) -> Iterator[dict[str, Path]]:
+    """Temporary files in ``folder`` (created with its parents) for the files ``names``; when the block
+    ends without an error each is renamed to its name, replacing an earlier one. On an error the
+    temporary files are removed, and so are the folders this created, so a failed evaluation changes
+    nothing that was there and leaves no empty folder."""
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = {name: folder / f".{name}.tmp-{os.getpid()}" for name in names}
+    for path in staged.values():
+        path.write_text("")
+    try:
+        yield staged
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        for parent in created:  # deepest first
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+    for name, path in staged.items():
+        os.replace(path, folder / name)
 
 
 def _append_samples(path: Path, point: Checkpoint, run: EvalRun) -> None:
@@ -280,11 +367,18 @@ def reverify(samples_file: Path) -> ReverifyReport:
             f"{samples_file}: no {RESULTS_FILE} beside it; reverify needs the evaluation's config "
             "(environments and limits) that grpopp eval writes there"
         )
-    results = json.loads(results_file.read_text())
-    jobs = {point["checkpoint"]: EvalJob.model_validate(point["config"]) for point in results["checkpoints"]}
+    try:
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+        jobs = {point["checkpoint"]: EvalJob.model_validate(point["config"]) for point in results["checkpoints"]}
+    except ValidationError as exc:
+        raise ConfigError(f"{results_file}: not a grpopp eval results.json: {format_validation_error(exc)}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{results_file}: not a grpopp eval results.json ({type(exc).__name__}: {exc}); evaluate again"
+        ) from None
     built: dict[str, tuple[EvalJob, dict[str, Environment[Any]]]] = {}  # job JSON -> (job, its environments)
     batches: dict[tuple[str, str], list[tuple[int, dict[str, Any], Task, Reward]]] = defaultdict(list)
-    for number, line in enumerate(samples_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(samples_file).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -344,7 +438,7 @@ def summarise_samples(samples_file: Path, settings: EvalSettings) -> dict[str, d
     them. Samples are grouped by (checkpoint, task id) in sample order; a record of a train-split
     task is refused."""
     tasks: dict[str, dict[tuple[str, str], dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
-    for number, line in enumerate(samples_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(samples_file).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -376,6 +470,14 @@ def _record_outcome(env: str, task_id: str, samples: dict[int, dict[str, Any]]) 
         raise ConfigError(f"task {task_id}: a sample lacks a valid reward or num_tokens ({exc})") from exc
     truncated = [record.get("finish_reason") == "length" for record in records]
     return outcome_of(env, task_id, rewards, lengths, truncated)
+
+
+def _read_text(path: Path) -> str:
+    """A samples file's text; one that is no UTF-8 text is refused with its name."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a samples.jsonl of grpopp eval (not UTF-8 text: {exc.reason})") from None
 
 
 def _require_test_record(samples_file: Path, number: int, record: dict[str, Any]) -> None:

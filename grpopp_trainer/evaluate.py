@@ -27,6 +27,14 @@ wrong: they leave n (a task whose judged samples fall below k gives no pass@k / 
 the count of such tasks is reported). 95% confidence intervals come from a percentile bootstrap over
 tasks (resampling tasks with replacement, ``bootstrap`` times, with a fixed seed).
 
+Progress: with an engine that decodes with the policy module itself (``hf``), generation runs in
+chunks of at most ``EVAL_CHUNK_ROWS`` completions, so a display can show how far it is
+(``progress``). Only the first chunk sets the seed; the others continue the engine's generator, so
+the samples are those of one call whenever a chunk holds a whole number of the engine's batches
+(e.g. K and ``rollout.batch_size`` powers of two up to 1024), and the same on every run in any
+case. An engine with its own copy of the weights (``vllm``) gets one call per environment, as each
+call may wake it and reload weights, and under torchrun every rank must make the same calls.
+
 Held-out tasks: evaluation reads split "test" only, training split "train" only (``Mixture`` reads
 the train stream). The environment contract keeps the two disjoint by content for every seed:
 procedural environments split their problem space by a hash of each problem, data environments hold
@@ -39,7 +47,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +58,14 @@ from envs.base import Environment, Task
 from grpopp_trainer.batch import Group, score_groups
 from grpopp_trainer.config_tools import ConfigError
 from grpopp_trainer.distributed import SINGLE, DistInfo, gather_shares, my_share
-from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
+from grpopp_trainer.rollout.base import Completion, Prompt, RolloutEngine, SamplingParams
 from rewards.shaping import LengthLimits
 from rewards.types import Reward
 
 JUDGED = ("correct", "incorrect", "unparseable")
 STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")
+EVAL_CHUNK_ROWS = 1024
+"""Most completions one generation call of an evaluation asks for (a step of its progress display)."""
 
 
 class EvalSettings(BaseModel):
@@ -296,18 +306,30 @@ def evaluate_engine(
     limits: LengthLimits,
     settings: EvalSettings,
     dist: DistInfo = SINGLE,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalRun:
-    """Steps: 1. held-out tasks of each environment; 2. K completions each with ``engine``;
-    3. rewards through ``score_batch`` (training's path); 4. metrics per environment and overall.
+    """Steps: 1. held-out tasks of each environment; 2. K completions each with ``engine``, in chunks
+    (see the module docstring); 3. rewards through ``score_batch`` (training's path); 4. metrics per
+    environment and overall. ``progress(done, total)`` hears the tasks generated after each chunk.
 
     Under torchrun (``dist``) each rank generates and scores its share of the tasks (own sampling
-    seed), and every rank gets all scored groups back in task order before step 4."""
+    seed), and every rank gets all scored groups back in task order before step 4; ``progress``
+    then counts this rank's share."""
     run = EvalRun()
     outcomes: list[TaskOutcome] = []
     params = params.for_rank(dist.rank)
+    shares = {name: my_share(dist, held_out_tasks(env, tasks_per_env[name])) for name, env in envs.items()}  # 1.
+    total, done = sum(len(tasks) for tasks in shares.values()), 0
+
+    def report(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
     for name, env in envs.items():
-        tasks = my_share(dist, held_out_tasks(env, tasks_per_env[name]))  # 1.
-        completions = engine.generate([t.prompt for t in tasks], params, n=settings.samples)  # 2.
+        tasks = shares[name]
+        completions = generate_in_chunks(engine, [t.prompt for t in tasks], params, settings.samples, report)  # 2.
         groups = gather_shares(dist, score_groups(tasks, completions, {name: env}, limits))  # 3.
         env_outcomes = [task_outcome(g) for g in groups]
         run.groups += groups
@@ -315,3 +337,23 @@ def evaluate_engine(
         outcomes += env_outcomes
     run.overall = summarise(outcomes, settings, salt="overall|")
     return run
+
+
+def generate_in_chunks(
+    engine: RolloutEngine,
+    prompts: list[Prompt],
+    params: SamplingParams,
+    n: int,
+    report: Callable[[int], None] | None = None,
+) -> list[list[Completion]]:
+    """``engine.generate(prompts, params, n)``, in chunks of at most ``EVAL_CHUNK_ROWS`` completions
+    when the engine samples from the policy itself (see the module docstring); ``report(count)``
+    after each chunk of ``count`` prompts."""
+    size = max(1, EVAL_CHUNK_ROWS // n) if engine.samples_from_policy else max(1, len(prompts))
+    completions: list[list[Completion]] = []
+    for start in range(0, max(1, len(prompts)), size):  # one call even without prompts (see vllm_engine)
+        chunk = prompts[start : start + size]
+        completions += engine.generate(chunk, params if start == 0 else params.model_copy(update={"seed": None}), n=n)
+        if report is not None:
+            report(len(chunk))
+    return completions

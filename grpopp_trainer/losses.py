@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Objective: TypeAlias = Literal["ppo_clip", "gspo", "cispo"]
 Aggregation: TypeAlias = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant_norm"]
@@ -89,10 +89,16 @@ class LossConfig(BaseModel):
     """Truncated importance sampling between the sampler's and the learner's old log-probs, with
     weight w = exp(old - sampler), detached. "token_truncate": min(w, tis_cap) per token;
     "token_mask": w, or 0 where w > tis_cap; "sequence_*": the same with the sequence weight
-    exp(sum_t (old - sampler)). Needs `sampler_logprobs`. "off" when the learner also sampled."""
+    exp(sum_t (old - sampler)). Needs `sampler_logprobs`. "off" when the learner also sampled.
+    false (what YAML 1.1 reads `tis: off` as) means "off"."""
 
     tis_cap: float = Field(2.0, ge=1.0)
     """The cap C of truncated importance sampling (2 in the TIS blog post and verl)."""
+
+    @field_validator("tis", mode="before")
+    @classmethod
+    def _off_from_false(cls, value: object) -> object:
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> LossConfig:

@@ -40,6 +40,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grpopp_trainer.config import OptimConfig
 from grpopp_trainer.distributed import SINGLE, DistInfo
 from grpopp_trainer.rollout.base import distinct_rows
+from grpopp_trainer.rollout.hf import cache_keyword, returned_cache
 
 
 @dataclass
@@ -153,15 +154,15 @@ def _shared_prompt_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Te
     first_token_logits: torch.Tensor = prompt_pass.logits[:, -1:, :][batch.prompt_index]  # [B, 1, V] predict token 0
     if length == 1:
         return first_token_logits
-    cache = prompt_pass.past_key_values
+    cache = returned_cache(prompt_pass)
     cache.reorder_cache(batch.prompt_index)  # [U, H, P, D] -> [B, H, P, D] per layer, differentiable
     end = prompt_length + length - 1  # the last completion token predicts nothing
     completion_pass = model(
         input_ids=batch.input_ids[:, prompt_length:end],  # [B, T - 1]
         attention_mask=batch.attention_mask[:, :end],  # [B, P + T - 1]: past and new columns
         position_ids=position_ids[:, prompt_length:end],
-        past_key_values=cache,
         use_cache=True,
+        **{cache_keyword(model): cache},
     )
     rest: torch.Tensor = completion_pass.logits[:, -(length - 1) :, :]  # [B, T - 1, V] predict tokens 1..T-1
     return torch.cat([first_token_logits, rest], dim=1)  # [B, T, V]

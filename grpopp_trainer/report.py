@@ -19,6 +19,17 @@ metrics were logged (KL without a reference model, TIS when it is off) is not dr
 names it and says why. Noisy curves are drawn faint with a trailing moving average on top, and the
 legend says so. matplotlib (the ``report`` extra) is imported only inside ``write_report``, so grpopp
 imports without it; figures are rendered by the Agg canvas at a fixed size and DPI, without pyplot.
+
+Axes: each panel knows the range its quantity can take (``Panel.bounds``: a fraction lies in [0, 1],
+a length or a learning rate is never negative) and ``y_limits`` sets the vertical axis from the
+values drawn, within those bounds; a constant series gets an axis from 0 to twice its value instead
+of matplotlib's +-4% around it (a constant lr 1e-4 once read 0.000096-0.000104). The horizontal
+axis of an evaluation figure has its ticks at the steps evaluated (the checkpoints). Reward
+components logged with weight 0 (``<env>/reward_inactive/<name>``, beside the active
+``<env>/reward/<name>``) are labelled as such.
+
+report.md opens with the held-out numbers: a table per ``grpopp eval`` result (each checkpoint,
+environment and metric with its 95% interval) and the evaluations run during training.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from grpopp_trainer.config_tools import UserError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -56,7 +69,7 @@ Series = dict[str, dict[int, float]]
 """Metric key -> step -> value (NaN where the log had null)."""
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """The report cannot be written: no metrics.jsonl, nothing readable in it, or no matplotlib."""
 
 
@@ -117,6 +130,8 @@ class MetricValue(_Record):
 class EnvResult(_Record):
     metrics: dict[str, MetricValue] = {}
     """Metric name (avg@k, pass@k, maj@k) -> value."""
+    tasks: int | None = None
+    """Held-out tasks scored."""
 
 
 class CheckpointResult(_Record):
@@ -231,12 +246,24 @@ class Curve:
     """Draw faint, with a moving average on top."""
 
 
+Bounds = tuple[float | None, float | None]
+"""The lowest and highest value a quantity can take (None: unbounded on that side)."""
+FRACTION: Bounds = (0.0, 1.0)
+NON_NEGATIVE: Bounds = (0.0, None)
+CONSTANT_TOLERANCE = 1e-9
+"""A series whose values differ by at most this fraction of their magnitude is drawn as constant."""
+MAX_STEP_TICKS = 12
+"""At most this many ticks at evaluated steps; with more steps, every k-th one, ending at the last."""
+
+
 @dataclass(frozen=True)
 class Panel:
     title: str
     ylabel: str
     """Quantity and unit."""
     curves: tuple[Curve, ...]
+    bounds: Bounds = (None, None)
+    """The range of the quantity: the vertical axis never leaves it (see ``y_limits``)."""
 
 
 @dataclass(frozen=True)
@@ -287,12 +314,18 @@ def _reward_panels(series: Series) -> list[Panel]:
                 Curve("accuracy", total, noisy=True),
                 *(Curve(f"{env}/accuracy", env, noisy=True) for env in beside),
             ),
+            FRACTION,
         ),
     ]
     for env in envs:
-        prefix = f"{env}/reward/"
-        components = sorted(key.removeprefix(prefix) for key in series if key.startswith(prefix))
-        curves = tuple(Curve(prefix + component, component, noisy=True) for component in components)
+        active, inactive = f"{env}/reward/", f"{env}/reward_inactive/"
+        curves = tuple(
+            Curve(key, key.removeprefix(active), noisy=True) for key in sorted(series) if key.startswith(active)
+        ) + tuple(
+            Curve(key, f"{key.removeprefix(inactive)} (weight 0: not in the reward)", noisy=True)
+            for key in sorted(series)
+            if key.startswith(inactive)
+        )
         panels.append(Panel(f"{env}: reward components", "component value (unweighted)", curves))
     return panels
 
@@ -300,7 +333,7 @@ def _reward_panels(series: Series) -> list[Panel]:
 def _evaluation_panels(series: Series) -> list[Panel]:
     total, beside = _total_and_envs(env_names(series))
     curves = (Curve("accuracy", total), *(Curve(f"{env}/accuracy", env) for env in beside))
-    return [Panel("Accuracy on the test split", "fraction correct", curves)]
+    return [Panel("Accuracy on the test split", "fraction correct", curves, FRACTION)]
 
 
 FIGURES: tuple[FigureSpec, ...] = (
@@ -317,16 +350,24 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Completion length in tokens and the fraction cut off at the generation limit.",
         _fixed(
             Panel(
-                "Completion length", "tokens", (Curve("length/mean", "mean", noisy=True), Curve("length/max", "max"))
+                "Completion length",
+                "tokens",
+                (Curve("length/mean", "mean", noisy=True), Curve("length/max", "max")),
+                NON_NEGATIVE,
             ),
-            Panel("Truncated completions", "fraction of completions", (Curve("truncated", "truncated", noisy=True),)),
+            Panel(
+                "Truncated completions",
+                "fraction of completions",
+                (Curve("truncated", "truncated", noisy=True),),
+                FRACTION,
+            ),
         ),
     ),
     FigureSpec(
         "entropy",
         "Policy entropy",
         "Mean per-token entropy of the policy over the completions trained on; a collapse to 0 ends exploration.",
-        _fixed(Panel("Entropy", "nats per token", (Curve("entropy", "entropy", noisy=True),))),
+        _fixed(Panel("Entropy", "nats per token", (Curve("entropy", "entropy", noisy=True),), NON_NEGATIVE)),
         "entropy is logged by every update step",
     ),
     FigureSpec(
@@ -343,11 +384,13 @@ FIGURES: tuple[FigureSpec, ...] = (
                     Curve("clip_frac_high", "high (ratio > 1 + eps_high)", noisy=True),
                     Curve("dual_clip_frac", "dual clip", noisy=True),
                 ),
+                FRACTION,
             ),
             Panel(
                 "Policy ratio pi / pi_old",
                 "ratio",
                 (Curve("ratio_min", "min"), Curve("ratio_mean", "mean"), Curve("ratio_max", "max")),
+                NON_NEGATIVE,
             ),
         ),
         "the loss metrics are logged by every update step",
@@ -362,9 +405,10 @@ FIGURES: tuple[FigureSpec, ...] = (
                 "Groups without signal",
                 "fraction of groups",
                 (Curve("dynamic_sampling/zero_variance_fraction", "zero-variance groups", noisy=True),),
+                FRACTION,
             ),
-            Panel("Generation rounds", "rounds per step", (Curve("dynamic_sampling/rounds", "rounds"),)),
-            Panel("Groups trained on", "groups per step", (Curve("groups", "groups kept"),)),
+            Panel("Generation rounds", "rounds per step", (Curve("dynamic_sampling/rounds", "rounds"),), NON_NEGATIVE),
+            Panel("Groups trained on", "groups per step", (Curve("groups", "groups kept"),), NON_NEGATIVE),
         ),
     ),
     FigureSpec(
@@ -381,11 +425,13 @@ FIGURES: tuple[FigureSpec, ...] = (
                     Curve("masked/error", "error (masked)"),
                     Curve("unparseable", "unparseable"),
                 ),
+                FRACTION,
             ),
             Panel(
                 "Skipped optimizer updates",
                 "updates (cumulative)",
                 (Curve("skipped_updates_total", "skipped updates"),),
+                NON_NEGATIVE,
             ),
         ),
     ),
@@ -399,16 +445,19 @@ FIGURES: tuple[FigureSpec, ...] = (
                 "Importance weight",
                 "weight exp(logp_old - logp_sampler)",
                 (Curve("tis/weight_mean", "mean"), Curve("tis/weight_max", "max")),
+                NON_NEGATIVE,
             ),
             Panel(
                 "Log-prob gap trainer vs sampler",
                 "|logp_old - logp_sampler| (nats)",
                 (Curve("tis/logprob_gap_mean", "mean"), Curve("tis/logprob_gap_max", "max")),
+                NON_NEGATIVE,
             ),
             Panel(
                 "Weights at the cap",
                 "fraction of tokens",
                 (Curve("tis/frac_truncated", "truncated"), Curve("tis/frac_masked", "masked")),
+                FRACTION,
             ),
         ),
         "TIS metrics are logged only when algorithm.loss.tis is not off",
@@ -428,8 +477,13 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Gradient norm, learning rate and loss",
         "Gradient L2 norm before clipping, the learning-rate schedule and the loss.",
         _fixed(
-            Panel("Gradient norm", "L2 norm (before clipping)", (Curve("grad_norm", "grad norm", noisy=True),)),
-            Panel("Learning rate", "learning rate", (Curve("lr", "lr"),)),
+            Panel(
+                "Gradient norm",
+                "L2 norm (before clipping)",
+                (Curve("grad_norm", "grad norm", noisy=True),),
+                NON_NEGATIVE,
+            ),
+            Panel("Learning rate", "learning rate", (Curve("lr", "lr"),), NON_NEGATIVE),
             Panel(
                 "Loss",
                 "loss",
@@ -450,6 +504,7 @@ FIGURES: tuple[FigureSpec, ...] = (
                     Curve("tokens_per_second/generation", "generation", noisy=True),
                     Curve("tokens_per_second/training", "training", noisy=True),
                 ),
+                NON_NEGATIVE,
             ),
             Panel(
                 "Time per phase",
@@ -459,6 +514,7 @@ FIGURES: tuple[FigureSpec, ...] = (
                     Curve("time/scoring", "scoring"),
                     Curve("time/training", "training"),
                 ),
+                NON_NEGATIVE,
             ),
         ),
     ),
@@ -524,6 +580,45 @@ def _new_figure(title: str, panel_count: int) -> tuple[Figure, list[Axes]]:
     return figure, axes
 
 
+def y_limits(values: Sequence[float], bounds: Bounds = (None, None)) -> tuple[float, float] | None:
+    """The vertical axis for ``values`` of a quantity within ``bounds``; None when none is finite.
+
+    Varying values get a 5% margin on each side, cut at the bounds (a fraction's axis never goes
+    below 0 or above 1) unless the values themselves leave them. Constant values (equal within
+    ``CONSTANT_TOLERANCE`` of their magnitude) get an axis from 0 to twice their value (a negative
+    constant: from twice its value to 0), so the line sits mid-height on an axis that shows its size;
+    a constant 0 gets [0, 1] for a quantity bounded below by 0, else [-1, 1].
+    """
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return None
+    smallest, largest = min(finite), max(finite)
+    lower, upper = bounds
+    if largest - smallest <= CONSTANT_TOLERANCE * max(abs(smallest), abs(largest)):
+        if largest > 0:
+            low, high = 0.0, 2.0 * largest
+        elif smallest < 0:
+            low, high = 2.0 * smallest, 0.0
+        else:
+            low, high = (0.0, 1.0) if lower is not None and lower >= 0 else (-1.0, 1.0)
+    else:
+        margin = 0.05 * (largest - smallest)
+        low, high = smallest - margin, largest + margin
+    if lower is not None and smallest >= lower:
+        low = max(low, lower)
+    if upper is not None and largest <= upper:
+        high = min(high, upper)
+    return low, high
+
+
+def step_ticks(steps: Sequence[float], most: int = MAX_STEP_TICKS) -> list[float]:
+    """Ticks at the given steps (checkpoints, evaluations): all of them when there are at most ``most``,
+    else every k-th one counted back from the last, so the final step always has a tick."""
+    ordered = sorted(set(steps))
+    stride = max(1, math.ceil(len(ordered) / most))
+    return ordered[::-1][::stride][::-1]
+
+
 def _style_axes(ax: Axes, title: str, ylabel: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -534,6 +629,18 @@ def _style_axes(ax: Axes, title: str, ylabel: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.ticklabel_format(axis="y", useOffset=False)  # 1.00001, not "1e-5 + 1"
     ax.legend(loc="best", fontsize="small")
+
+
+def _set_limits(ax: Axes, values: Sequence[float], bounds: Bounds) -> None:
+    limits = y_limits(values, bounds)
+    if limits is not None:
+        ax.set_ylim(*limits)
+
+
+def _set_step_ticks(ax: Axes, steps: Sequence[float]) -> None:
+    """Put the x ticks at ``steps`` (after ``_style_axes``, whose locator they replace)."""
+    ticks = step_ticks(steps)
+    ax.set_xticks(ticks, labels=[f"{tick:g}" for tick in ticks])
 
 
 def _draw_curve(ax: Axes, curve: Curve, points: dict[int, float]) -> int:
@@ -550,9 +657,11 @@ def _draw_curve(ax: Axes, curve: Curve, points: dict[int, float]) -> int:
     return window
 
 
-def _draw_spec(spec: FigureSpec, series: Series, path: Path) -> DrawnFigure | SkippedFigure:
+def spec_figure(spec: FigureSpec, series: Series) -> tuple[Figure, list[Panel]] | SkippedFigure:
+    """The figure of ``spec`` over the logged ``series`` and the panels it holds (curves never logged
+    left out), or why it is not drawn."""
     panels = [
-        Panel(panel.title, panel.ylabel, curves)
+        Panel(panel.title, panel.ylabel, curves, panel.bounds)
         for panel in spec.panels(series)
         if (curves := tuple(curve for curve in panel.curves if has_values(series, curve.key)))
     ]
@@ -564,6 +673,9 @@ def _draw_spec(spec: FigureSpec, series: Series, path: Path) -> DrawnFigure | Sk
     for ax, panel in zip(axes, panels, strict=True):
         windows = {_draw_curve(ax, curve, series[curve.key]) for curve in panel.curves} - {1}
         _style_axes(ax, panel.title, panel.ylabel)
+        _set_limits(ax, [value for curve in panel.curves for value in series[curve.key].values()], panel.bounds)
+        if spec.source == "evaluations":  # one tick per evaluation
+            _set_step_ticks(ax, [float(step) for curve in panel.curves for step in series[curve.key]])
         if windows:  # the legend says which lines are smoothed
             ax.legend(
                 loc="best",
@@ -571,41 +683,87 @@ def _draw_spec(spec: FigureSpec, series: Series, path: Path) -> DrawnFigure | Sk
                 title_fontsize="small",
                 title=f"bold: mean of last {max(windows)} steps; faint: per step",
             )
+    return figure, panels
+
+
+def _draw_spec(spec: FigureSpec, series: Series, path: Path) -> DrawnFigure | SkippedFigure:
+    drawn = spec_figure(spec, series)
+    if isinstance(drawn, SkippedFigure):
+        return drawn
+    figure, panels = drawn
     figure.savefig(path, dpi=DPI)
     metrics = [curve.key for panel in panels for curve in panel.curves]
     return DrawnFigure(file=path.name, title=spec.title, metrics=metrics, description=spec.description)
 
 
-def _draw_eval_results(name: str, results: EvalResults, path: Path) -> DrawnFigure | SkippedFigure:
-    """One panel per environment (and overall): each metric against checkpoint step, 95% CI as error bars."""
-    checkpoints = sorted(results.checkpoints, key=lambda c: (c.step is None, c.step or 0))
-    scopes = sorted({env for c in checkpoints for env in c.envs})
-    panels: list[tuple[str, dict[str, list[tuple[float, MetricValue]]]]] = []
-    for scope in [*scopes, "overall"]:
-        by_metric: dict[str, list[tuple[float, MetricValue]]] = {}
+EvalPoints = dict[str, list[tuple[float, MetricValue]]]
+"""Metric name -> (checkpoint step, value) of each checkpoint that has it."""
+
+
+def _checkpoints_by_step(results: EvalResults) -> list[CheckpointResult]:
+    return sorted(results.checkpoints, key=lambda c: (c.step is None, c.step or 0))
+
+
+def _scopes(checkpoints: Sequence[CheckpointResult]) -> list[str]:
+    """Environments, sorted, then "overall" unless there is only one environment (it would repeat it)."""
+    envs = sorted({env for c in checkpoints for env in c.envs})
+    return envs if len(envs) == 1 else [*envs, "overall"]
+
+
+def _scope_result(checkpoint: CheckpointResult, scope: str) -> EnvResult | None:
+    return checkpoint.overall if scope == "overall" else checkpoint.envs.get(scope)
+
+
+def _eval_title(name: str) -> str:
+    return f"Evaluation '{name}' across checkpoints (error bars: 95% CI)"
+
+
+def eval_results_figure(name: str, results: EvalResults) -> tuple[Figure, list[str]] | SkippedFigure:
+    """One panel per environment (and overall): each metric against checkpoint step, 95% CI as error
+    bars, ticks at the checkpoints; with the metrics drawn (scope/metric), or why it is not drawn."""
+    checkpoints = _checkpoints_by_step(results)
+    panels: list[tuple[str, EvalPoints]] = []
+    for scope in _scopes(checkpoints):
+        by_metric: EvalPoints = {}
         for index, checkpoint in enumerate(checkpoints):
-            result = checkpoint.overall if scope == "overall" else checkpoint.envs.get(scope)
+            result = _scope_result(checkpoint, scope)
             x = float(checkpoint.step if checkpoint.step is not None else index)
             for metric, value in (result.metrics if result is not None else {}).items():
                 if value.value is not None and math.isfinite(value.value):
                     by_metric.setdefault(metric, []).append((x, value))
-        if by_metric and not (scope == "overall" and len(scopes) == 1):  # overall == the one env
+        if by_metric:
             panels.append((scope, by_metric))
     if not panels:
-        return SkippedFigure(name=path.stem, reason=f"evals/{name}/results.json holds no metric values")
-    title = f"Evaluation '{name}' across checkpoints (error bars: 95% CI)"
-    figure, axes = _new_figure(title, len(panels))
+        return SkippedFigure(name=_file_stem(name), reason=f"evals/{name}/results.json holds no metric values")
+    figure, axes = _new_figure(_eval_title(name), len(panels))
     for ax, (scope, by_metric) in zip(axes, panels, strict=True):
         _draw_eval_panel(ax, by_metric)
         _style_axes(ax, scope, "score (fraction of tasks)")
         ax.set_xlabel("checkpoint step")
+        _set_step_ticks(ax, [x for points in by_metric.values() for x, _ in points])
+        values = [
+            bound
+            for points in by_metric.values()
+            for _, value in points
+            for bound in (value.value, *(value.ci95 or ()))
+            if bound is not None
+        ]
+        _set_limits(ax, values, FRACTION)
+    return figure, [f"{scope}/{metric}" for scope, by_metric in panels for metric in sorted(by_metric)]
+
+
+def _draw_eval_results(name: str, results: EvalResults, path: Path) -> DrawnFigure | SkippedFigure:
+    drawn = eval_results_figure(name, results)
+    if isinstance(drawn, SkippedFigure):
+        return drawn
+    figure, metrics = drawn
     figure.savefig(path, dpi=DPI)
-    metrics = [f"{scope}/{metric}" for scope, by_metric in panels for metric in sorted(by_metric)]
+    title = _eval_title(name)
     description = f"Metrics of `grpopp eval` ({name}) at each checkpoint, with 95% confidence intervals."
     return DrawnFigure(file=path.name, title=title, metrics=metrics, description=description)
 
 
-def _draw_eval_panel(ax: Axes, by_metric: dict[str, list[tuple[float, MetricValue]]]) -> None:
+def _draw_eval_panel(ax: Axes, by_metric: EvalPoints) -> None:
     """Each metric against step with its 95% CI; metrics side by side (dodged by 1.5% of the step
     range) so that equal estimates, such as avg@k and pass@1, do not hide each other's bars."""
     steps = sorted({x for points in by_metric.values() for x, _ in points})
@@ -618,8 +776,6 @@ def _draw_eval_panel(ax: Axes, by_metric: dict[str, list[tuple[float, MetricValu
         below = [max(0.0, y - low) for y, (low, _) in zip(ys, bounds, strict=True)]
         above = [max(0.0, high - y) for y, (_, high) in zip(ys, bounds, strict=True)]
         ax.errorbar(xs, ys, yerr=[below, above], label=metric, marker="o", markersize=4, capsize=3)
-    if len(steps) <= 12:
-        ax.set_xticks(steps)
 
 
 def _file_stem(name: str) -> str:
@@ -648,6 +804,87 @@ def _headline_table(series: Series) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _metric_order(name: str) -> tuple[int, int, str]:
+    """avg@k, then pass@k, then maj@k, each by k (as ``grpopp eval`` prints them)."""
+    kind, _, k = name.partition("@")
+    return ({"avg": 0, "pass": 1, "maj": 2}.get(kind, 3), int(k) if k.isdigit() else 0, name)
+
+
+def _value_cell(value: MetricValue | None) -> str:
+    """``0.412 [0.371, 0.455]``: the estimate and its 95% interval (left out when it is one point)."""
+    if value is None or value.value is None or not math.isfinite(value.value):
+        return "-"
+    low, high = value.ci95 if value.ci95 is not None else (value.value, value.value)
+    interval = "" if math.isclose(low, high) else f" [{low:.3f}, {high:.3f}]"
+    return f"{value.value:.3f}{interval}"
+
+
+def eval_results_table(results: EvalResults) -> list[str]:
+    """A markdown table of ``grpopp eval`` results: a row per checkpoint and environment (and overall),
+    a column per metric, each value with its 95% interval."""
+    checkpoints = _checkpoints_by_step(results)
+    scopes = _scopes(checkpoints)
+    rows = [(c, scope, result) for c in checkpoints for scope in scopes if (result := _scope_result(c, scope))]
+    metrics = sorted({metric for _, _, result in rows for metric in result.metrics}, key=_metric_order)
+    if not metrics:
+        return []
+    lines = ["| checkpoint | environment | tasks | " + " | ".join(metrics) + " |", "|---" * (3 + len(metrics)) + "|"]
+    for checkpoint, scope, result in rows:
+        where = f"step {checkpoint.step}" if checkpoint.step is not None else f"`{checkpoint.checkpoint}`"
+        tasks = "-" if result.tasks is None else str(result.tasks)
+        cells = " | ".join(_value_cell(result.metrics.get(metric)) for metric in metrics)
+        lines.append(f"| {where} | {scope} | {tasks} | {cells} |")
+    return lines
+
+
+def training_eval_table(series: Series) -> list[str]:
+    """A markdown table of the evaluations run during training: a row per evaluated step, the accuracy
+    over all environments and per environment."""
+    total, beside = _total_and_envs(env_names(series))
+    candidates = [("accuracy", total), *((f"{env}/accuracy", env) for env in beside)]
+    columns = [(key, label) for key, label in candidates if has_values(series, key)]
+    if not columns:
+        return []
+    steps = sorted({step for key, _ in columns for step in series[key]})
+    lines = ["| step | " + " | ".join(label for _, label in columns) + " |", "|---" * (1 + len(columns)) + "|"]
+    for step in steps:
+        cells = " | ".join(_fmt3(series[key].get(step, math.nan)) for key, _ in columns)
+        lines.append(f"| {step} | {cells} |")
+    return lines
+
+
+def _fmt3(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.3f}"
+
+
+def _held_out_lines(logs: RunLogs) -> list[str]:
+    """report.md's opening section: the held-out numbers of every ``grpopp eval`` result and of the
+    evaluations during training."""
+    lines = ["## Held-out results", ""]
+    for name, results in logs.eval_results.items():
+        if table := eval_results_table(results):
+            lines += [
+                f"`grpopp eval` results in `evals/{name}/results.json` (value [95% bootstrap interval over tasks]):",
+                "",
+                *table,
+                "",
+            ]
+    if table := training_eval_table(logs.evaluations):
+        lines += [
+            "Accuracy on the test split at the evaluations run during training (step 0: before training):",
+            "",
+            *table,
+            "",
+        ]
+    if len(lines) == 2:
+        lines += [
+            "None logged: the run evaluated nothing (eval.tasks_per_env = 0) and no `grpopp eval` results are in "
+            "evals/.",
+            "",
+        ]
+    return lines
+
+
 def _mapping(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -670,8 +907,10 @@ def _run_lines(run_dir: Path, logs: RunLogs) -> list[str]:
 
 
 def render_markdown(run_dir: Path, logs: RunLogs, drawn: list[DrawnFigure], skipped: list[SkippedFigure]) -> str:
-    """report.md: run details, a table of headline metrics, each figure embedded, the figures skipped."""
-    lines = [f"# Training report: {run_dir.name}", "", *_run_lines(run_dir, logs), ""]
+    """report.md: the held-out numbers, run details, a table of headline metrics, each figure embedded,
+    the figures skipped."""
+    lines = [f"# Training report: {run_dir.name}", "", *_held_out_lines(logs), "## Run", ""]
+    lines += [*_run_lines(run_dir, logs), ""]
     if table := _headline_table(logs.train):
         lines += ["## Summary", "", *table, ""]
     for figure in drawn:

@@ -1,16 +1,27 @@
 """Running a training job end to end: run directory, model, engine, evaluation, checkpoints, resume.
 
 ``train(config)`` is what ``grpopp train`` calls: it writes the resolved config into the run
-directory, loads (or builds) the model, evaluates on held-out tasks, runs the steps with a progress
-bar, checkpoints, evaluates again and returns a summary. ``train(config, resume=RUN_DIR)`` continues a
-run from its newest complete checkpoint, with the same data position and sampling seeds, so the
-metrics continue as those of an uninterrupted run.
+directory, loads (or builds) the model, evaluates on held-out tasks, runs the steps (shown by
+``progress.StepDisplay``: a bar in a terminal, one line per step in a log file), checkpoints,
+evaluates again and returns a summary.
+
+``train(None, resume=RUN_DIR)`` continues a run from its newest complete checkpoint (verified
+against its manifest; newer ones that fail are skipped with a warning that names each and why, see
+``checkpoint``), with the same data position and sampling seeds, so the metrics continue as those
+of an uninterrupted run. ``steps=N`` with ``resume`` sets the run's total to N steps (its saved
+config is updated): a finished run is extended. The learning-rate schedule is then the one of a run
+planned for N steps: unchanged for a constant schedule (the default) and during warm-up, so an
+extended run matches an uninterrupted N-step run; under a cosine or linear decay the steps after
+the resume step take the N-step schedule's values (usually above where the shorter run ended, as
+the decay is stretched over N steps) and reach ``min_lr_ratio`` x lr at step N. ``steps`` may also
+shorten an unfinished run, down to its checkpoint's step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -21,16 +32,16 @@ from typing import Any
 import torch
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from envs.mixture import Mixture
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.config import RUN_CONFIG_FILE, ModelConfig, TrainConfig, load_run_config
-from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.config_tools import ConfigError, validate_config
 from grpopp_trainer.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
 from grpopp_trainer.policy import Policy, shard_model
+from grpopp_trainer.progress import StepDisplay, quiet_transformers_bars
 from grpopp_trainer.rollout.base import RolloutEngine
 from grpopp_trainer.trainer import Trainer, make_reference
 
@@ -54,15 +65,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_source(config: ModelConfig, path: str | None = None) -> str:
+def model_source(config: ModelConfig, path: str | None = None, console: Console | None = None) -> str:
     """Where the model is read from: ``path`` (a checkpoint), the built-in tiny model's cache folder
-    (built and warm-started on first use), or ``config.name_or_path`` (a local folder or hub id)."""
+    (built and warm-started on first use, its progress shown on ``console``), or
+    ``config.name_or_path`` (a local folder or hub id)."""
     if path:
         return path
     if config.name_or_path == "tiny":
         from grpopp_trainer.tiny import load_or_create_tiny_model
 
-        return str(load_or_create_tiny_model())
+        if console is None:
+            return str(load_or_create_tiny_model())
+        return str(load_or_create_tiny_model(log=lambda text: console.print(text, soft_wrap=True), console=console))
     return config.name_or_path
 
 
@@ -71,9 +85,10 @@ def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrained
     source = model_source(config, path)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     kernel = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code, **kernel
-    )
+    with quiet_transformers_bars():  # its "Loading weights" bar would interleave with grpopp's lines
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code, **kernel
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.gradient_checkpointing:
@@ -134,11 +149,13 @@ def train(
     console: Console | None = None,
     stop_after: int | None = None,
     mixture: Mixture | None = None,
+    steps: int | None = None,
 ) -> TrainSummary:
     """Run a training job, or resume the one in ``resume`` (its saved config is used; ``config`` must
     be None then). ``stop_after`` ends it after that many steps, as a kill would (tests). ``mixture``:
     the environments of ``config.envs`` if the caller built them already (the CLI does, to check
-    them before anything is loaded)."""
+    them before anything is loaded). ``steps``: with ``resume``, the run's new total number of steps
+    (see the module docstring)."""
     started = time.perf_counter()
     dist_info, device = init_distributed(config.device if config is not None else "auto")
     # Only rank 0 prints and writes; every rank trains.
@@ -147,10 +164,12 @@ def train(
     if resume is not None:
         if config is not None:
             raise ConfigError("a resumed run uses the config saved in its run directory; pass config=None")
-        config, checkpoint = _load_resume(resume)
+        config, checkpoint = _load_resume(resume, dist_info, console, steps)
         run_dir = resume
     elif config is None:
         raise ConfigError("give a TrainConfig, or a run directory to resume")
+    elif steps is not None:
+        raise ConfigError("steps= sets a resumed run's new total; for a new run set config.steps")
     else:
         run_dir, checkpoint = broadcast_object(dist_info, new_run_dir(config)), None  # rank 0's clock
         if ckpt.latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
@@ -167,9 +186,10 @@ def train(
     _print_summary(console, config, run_dir, device, checkpoint, dist_info.world_size)
 
     # Rank 0 first: it may build and cache the tiny model, which the other ranks then read.
-    source = model_source(config.model, str(checkpoint) if checkpoint else None) if dist_info.is_main else None
+    path = str(checkpoint) if checkpoint else None
+    source = model_source(config.model, path, console) if dist_info.is_main else None
     barrier(dist_info)
-    source = source or model_source(config.model, str(checkpoint) if checkpoint else None)
+    source = source or model_source(config.model, path)
     model, tokenizer = load_model(config.model, source)
     mixed = DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None  # FSDP only
     reference = None
@@ -201,18 +221,24 @@ def _train(
     started: float,
 ) -> TrainSummary:
     """The steps of a run, and the evaluations before and after."""
-    trainer = Trainer(config, policy, engine, run_dir, reference, mixture)
+    trainer = Trainer(config, policy, engine, run_dir, reference, mixture, started=started)
     if checkpoint is not None:
         trainer.restore(checkpoint)
-        console.print(f"resumed from {checkpoint} at step {trainer.step}")
+        console.print(f"resumed from {checkpoint} at step {trainer.step}", soft_wrap=True)
         if trainer.step >= config.steps:
-            console.print(f"the run in {run_dir} is already complete ({trainer.step} of {config.steps} steps)")
+            console.print(
+                f"the run in {run_dir} is already complete ({trainer.step} of {config.steps} steps); "
+                f"train it further with --resume {run_dir} --steps N (N > {trainer.step})",
+                soft_wrap=True,
+            )
             trainer.log.close()
             return TrainSummary(run_dir, trainer.step, math.nan, math.nan, time.perf_counter() - started)
 
-    before = _evaluate(trainer, console, "before training") if trainer.step == 0 else _last_eval(run_dir)
-    _run_steps(trainer, console, stop_after)
-    after = _evaluate(trainer, console, "after training") if trainer.step >= config.steps else {}
+    logging = config.logging
+    with StepDisplay(console, config.steps, trainer.step, logging.print_every, logging.progress) as display:
+        before = _evaluate(trainer, display, "before training") if trainer.step == 0 else _last_eval(run_dir)
+        _run_steps(trainer, display, stop_after)
+        after = _evaluate(trainer, display, "after training") if trainer.step >= config.steps else {}
     trainer.log.close()
     summary = TrainSummary(
         run_dir,
@@ -224,42 +250,40 @@ def _train(
     if after:
         console.print(
             f"[bold]held-out accuracy: {summary.accuracy_before:.3f} -> {summary.accuracy_after:.3f}[/] "
-            f"({summary.steps} steps, {summary.seconds:.0f} s, run dir {run_dir})"
+            f"({summary.steps} steps, {summary.seconds:.0f} s, run dir {run_dir}; "
+            f"final model: {ckpt.latest_checkpoint(run_dir)})",
+            soft_wrap=True,
         )
     return summary
 
 
-def _run_steps(trainer: Trainer, console: Console, stop_after: int | None) -> None:
+def _run_steps(trainer: Trainer, display: StepDisplay, stop_after: int | None) -> None:
+    """The steps, each then logged and shown; evaluations and checkpoints when due."""
     cfg = trainer.config
     last = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
-    columns = [TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.description}")]
-    with Progress(
-        *columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not cfg.logging.progress
-    ) as bar:
-        task = bar.add_task("", total=cfg.steps, completed=trainer.step)
-        while trainer.step < last:
-            result = trainer.train_step()
-            trainer.step += 1
-            trainer.log.metrics(trainer.step, result.metrics)
-            trainer.log.samples(trainer.step, trainer.sample_records(result.groups))
-            m = result.metrics
-            bar.update(
-                task,
-                completed=trainer.step,
-                description=f"reward {m['reward']:.3f} acc {m['accuracy']:.3f} len {m['length/mean']:.1f} "
-                f"entropy {m.get('entropy', float('nan')):.3f}",
-            )
-            if cfg.eval.every and trainer.step % cfg.eval.every == 0 and trainer.step < cfg.steps:
-                trainer.log.eval(trainer.step, trainer.evaluate())
-            if (cfg.checkpoint.every and trainer.step % cfg.checkpoint.every == 0) or trainer.step == cfg.steps:
-                trainer.save()
+    while trainer.step < last:
+        result = trainer.train_step()
+        trainer.step += 1
+        trainer.log.metrics(trainer.step, result.metrics)
+        trainer.log.samples(trainer.step, trainer.sample_records(result.groups, result.generated))
+        display.step(trainer.step, result.metrics, result.metrics["time/step"])
+        if cfg.eval.every and trainer.step % cfg.eval.every == 0 and trainer.step < cfg.steps:
+            _evaluate(trainer, display, f"at step {trainer.step}")
+        if (cfg.checkpoint.every and trainer.step % cfg.checkpoint.every == 0) or trainer.step == cfg.steps:
+            trainer.save()
 
 
-def _evaluate(trainer: Trainer, console: Console, when: str) -> dict[str, float]:
-    results = trainer.evaluate()
+def _evaluate(trainer: Trainer, display: StepDisplay, when: str) -> dict[str, float]:
+    """Held-out accuracy now: logged to eval.jsonl and printed as one line (nothing when evaluation
+    is off: ``eval.tasks_per_env`` = 0)."""
+    if not trainer.config.eval.enabled:
+        return {}
+    tasks = len(trainer.envs) * trainer.config.eval.tasks_per_env
+    with display.ticker(f"evaluating {when}", tasks) as ticker:
+        results = trainer.evaluate(progress=ticker.update)
     trainer.log.eval(trainer.step, results)
     per_env = ", ".join(f"{k.removesuffix('/accuracy')} {v:.3f}" for k, v in results.items() if k.endswith("/accuracy"))
-    console.print(f"held-out accuracy {when}: {results['accuracy']:.3f} ({per_env})")
+    display.print(f"held-out accuracy {when}: {results['accuracy']:.3f} ({per_env})")
     return results
 
 
@@ -272,15 +296,60 @@ def _last_eval(run_dir: Path) -> dict[str, float]:
     return first
 
 
-def _load_resume(run_dir: Path) -> tuple[TrainConfig, Path]:
+def _load_resume(run_dir: Path, dist_info: DistInfo, console: Console, steps: int | None) -> tuple[TrainConfig, Path]:
+    """The saved config (with ``steps`` as its new total when given) and the newest complete
+    checkpoint; rank 0 verifies the checkpoints and tells the others."""
     try:
         config = load_run_config(run_dir)
     except ConfigError as error:
         raise ConfigError(f"--resume {error}") from None
-    checkpoint = ckpt.latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise ConfigError(f"--resume {run_dir}: no complete checkpoint to resume from (set checkpoint.every)")
-    return config, checkpoint
+    # Rank 0 reads and hashes the checkpoints; the other ranks take its verdict.
+    point = ckpt.find_resume_checkpoint(run_dir) if dist_info.is_main else ckpt.ResumePoint(None)
+    point = broadcast_object(dist_info, point)
+    why = "; ".join(f"{path.name}: {problem}" for path, problem in point.skipped)
+    if point.checkpoint is None:
+        found = f"every checkpoint fails its check ({why})" if why else "it has no checkpoint"
+        raise ConfigError(
+            f"--resume {run_dir}: no complete checkpoint to resume from: {found}. Start a new run (set "
+            "checkpoint.every to save during training), or restore an intact copy of a checkpoint folder"
+        )
+    for path, problem in point.skipped:
+        console.print(
+            f"[yellow]warning:[/] skipped checkpoint {path}: {problem}; resuming from {point.checkpoint.name}, "
+            "the newest complete one",
+            soft_wrap=True,
+        )
+    if point.legacy:
+        console.print(
+            f"[yellow]warning:[/] {point.checkpoint} has no {ckpt.MANIFEST_FILE} (written by an older grpopp): "
+            f"only checked that {ckpt.STATE_FILE} and the .safetensors files are whole",
+            soft_wrap=True,
+        )
+    if steps is not None:
+        config = _extend(config, run_dir, ckpt.step_of(point.checkpoint), steps, dist_info)
+    return config, point.checkpoint
+
+
+def _extend(config: TrainConfig, run_dir: Path, at_step: int, steps: int, dist_info: DistInfo) -> TrainConfig:
+    """The config with ``steps`` as its total, also written into the run directory's config.yaml."""
+    if steps < at_step:
+        raise ConfigError(
+            f"--steps {steps}: the run resumes at step {at_step} (its newest complete checkpoint); --steps is "
+            f"the run's total number of steps, so give at least {at_step}"
+        )
+    if steps == config.steps:
+        return config
+    try:
+        extended = validate_config(TrainConfig, {**config.model_dump(mode="json"), "steps": steps})
+    except ConfigError as error:
+        raise ConfigError(f"--steps {steps}: {error}") from None
+    if dist_info.is_main:
+        path = run_dir / RUN_CONFIG_FILE
+        partial = path.with_name(f"{path.name}.partial")
+        partial.write_text(yaml.safe_dump(extended.model_dump(mode="json"), sort_keys=False))
+        os.replace(partial, path)  # atomic: a kill leaves the old config or the new one
+    barrier(dist_info)
+    return extended
 
 
 def _print_summary(

@@ -1,6 +1,13 @@
-"""A run's records: metrics.jsonl (one line per step), samples.jsonl, eval.jsonl, and optional
-TensorBoard and Weights & Biases writers. Only numbers go to the writers; every line of the JSONL
-files is self-contained, so a run killed at any point leaves readable files.
+"""A run's records: metrics.jsonl (exactly one line per training step), samples.jsonl, eval.jsonl
+(one line per evaluation), and optional TensorBoard and Weights & Biases writers, which get both the
+step metrics and the evaluations (as ``eval/...``). Only numbers go to the writers; every line of
+the JSONL files is self-contained strict JSON (NaN and inf are written as null), so a run killed at
+any point leaves readable files.
+
+metrics.jsonl's ``time`` is the run's wall-clock seconds at the end of the step (from the start of
+``grpopp train``, summed over the processes of a resumed run), and ``completions_generated`` the
+completions sampled for the step (all dynamic-sampling rounds). Evaluations go to eval.jsonl only:
+runs of earlier versions also wrote them into metrics.jsonl as a second line of the same step.
 
 On resume the JSONL files are cut back to the checkpoint's step (``truncate_log``). The writers are
 opened at the first step logged, which is then known:
@@ -64,11 +71,16 @@ class RunLog:
             )
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        """The one line of training step ``step``."""
         if not self.enabled:
             return
+        self._append("metrics.jsonl", {"step": step, **values})
+        self._write_scalars(step, values)
+
+    def _write_scalars(self, step: int, values: dict[str, float]) -> None:
+        """The finite values to TensorBoard and W&B, when on."""
         if not self._writers_open:
             self._open_writers(step)
-        self._append("metrics.jsonl", {"step": step, **{k: _clean(v) for k, v in values.items()}})
         for key, value in values.items():
             if self._tensorboard is not None and math.isfinite(value):
                 self._tensorboard.add_scalar(key, value, step)
@@ -82,10 +94,11 @@ class RunLog:
             self._append("samples.jsonl", {"step": step, **record})
 
     def eval(self, step: int, values: dict[str, float]) -> None:
+        """An evaluation at step ``step``: a line of eval.jsonl, and ``eval/...`` for the writers."""
         if not self.enabled:
             return
         self._append("eval.jsonl", {"step": step, **values})
-        self.metrics(step, {f"eval/{k}": v for k, v in values.items()})
+        self._write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
 
     def close(self) -> None:
         if self._tensorboard is not None:
@@ -95,12 +108,18 @@ class RunLog:
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         with (self.run_dir / name).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(_clean(record), allow_nan=False) + "\n")
 
 
-def _clean(value: float) -> float | None:
-    """JSON has no NaN or inf: write null."""
-    return value if math.isfinite(value) else None
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or inf: null in their place, in nested dicts and lists too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(item) for item in value]
+    return value
 
 
 def truncate_log(run_dir: Path, name: str, after_step: int) -> None:

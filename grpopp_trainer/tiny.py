@@ -10,7 +10,10 @@ download. So the project makes its own model:
    ``target_accuracy``, so RL starts from a policy that is right sometimes but far from always:
    groups of samples then have mixed rewards, and GRPO has both signal and headroom.
 4. ``load_or_create_tiny_model``: the three steps above, saved as a Hugging Face checkpoint in a cache
-   folder named by a hash of the recipe, written atomically; later runs load it at once.
+   folder named by a hash of the recipe, written atomically; later runs load it at once. The warm
+   start shows its progress (``progress.Ticker``): a bar with the loss, the last held-out accuracy
+   and the most time left in a terminal, a plain line every 30 s otherwise (a loaded 2-core machine
+   can take minutes).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import string
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,6 +37,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from envs.base import Environment, Task
+from grpopp_trainer.progress import Ticker, quiet_transformers_bars
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 TINY_ARITHMETIC_ENV: dict[str, Any] = {
     "num_operands": 2,
@@ -169,10 +176,15 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> 
 
 
 def warm_start(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig, env: Environment[Any]
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    config: TinyModelConfig,
+    env: Environment[Any],
+    progress: Callable[[int, str], None] | None = None,
 ) -> dict[str, float]:
     """Supervised warm start on gold answers of train tasks, until held-out greedy accuracy reaches
-    ``config.target_accuracy`` or ``config.sft_steps`` steps are done.
+    ``config.target_accuracy`` or ``config.sft_steps`` steps are done. ``progress(steps done, note)``
+    is called after every step (the note gives the loss and the last held-out accuracy).
 
     Step i trains on train tasks [i * B, (i + 1) * B): prompt tokens are masked out of the loss, the
     target is the answer followed by EOS. Returns: steps, initial_loss (first batch, before any
@@ -185,11 +197,14 @@ def warm_start(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     probe = [env.task(_EARLY_STOP_OFFSET + i, "test") for i in range(config.eval_tasks)]
     losses: list[float] = []
+    probed = ""
     model.train()
     for step in range(config.sft_steps):
-        probe_now = step > 0 and step % config.eval_every == 0
-        if probe_now and accuracy(model, tokenizer, env, probe) >= config.target_accuracy:
-            break
+        if step > 0 and step % config.eval_every == 0:
+            probe_accuracy = accuracy(model, tokenizer, env, probe)
+            if probe_accuracy >= config.target_accuracy:
+                break
+            probed = f", held-out acc {probe_accuracy:.2f} (stops at {config.target_accuracy:.2f})"
         tasks = [env.task(step * config.sft_batch_size + i, "train") for i in range(config.sft_batch_size)]
         input_ids, labels, attention_mask = sft_batch(tokenizer, env, tasks)  # [B, T] each
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
@@ -198,6 +213,8 @@ def warm_start(
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, f"loss {losses[-1]:.3f}{probed}")
     model.eval()
     held_out = [env.task(i, "test") for i in range(config.eval_tasks)]
     return {
@@ -326,10 +343,16 @@ def recipe_key(config: TinyModelConfig) -> str:
 
 
 def load_or_create_tiny_model(
-    cache_dir: Path | None = None, config: TinyModelConfig | None = None, *, log: Callable[[str], None] = print
+    cache_dir: Path | None = None,
+    config: TinyModelConfig | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    console: Console | None = None,
 ) -> Path:
     """The folder of the warm-started tiny model (a Hugging Face checkpoint: ``from_pretrained`` loads
-    model and tokenizer), built on the first call for a recipe and reused afterwards.
+    model and tokenizer), built on the first call for a recipe and reused afterwards. A build says so
+    through ``log`` and shows the warm start's progress: a bar on ``console`` when it is a terminal,
+    else a line through ``log`` every 30 s.
 
     The folder is ``<cache_dir>/tiny-arithmetic-<recipe hash>``. It is written into a temporary
     sibling and renamed into place at the end, so a killed build leaves no half-written model under
@@ -347,7 +370,9 @@ def load_or_create_tiny_model(
     building = cache_dir / f"{final.name}{_BUILDING}{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
     log(f"building the tiny model (once; cached as {final}) ...")
     try:
-        metrics = _build(building, config)
+        ticker = Ticker("tiny model warm start (SFT steps)", config.sft_steps, console=console, log=log, bound=True)
+        with ticker:
+            metrics = _build(building, config, lambda done, note: ticker.update(done, note=note))
         if final.is_dir():  # another process finished the same recipe first: keep its folder
             shutil.rmtree(building)
         else:
@@ -363,7 +388,9 @@ def load_or_create_tiny_model(
     return final
 
 
-def _build(folder: Path, config: TinyModelConfig) -> dict[str, float]:
+def _build(
+    folder: Path, config: TinyModelConfig, progress: Callable[[int, str], None] | None = None
+) -> dict[str, float]:
     """Build, warm-start and save the model into ``folder``; the recipe file is written last."""
     from envs.registry import make_env  # the registry imports grpopp_trainer; import it only when building
 
@@ -373,8 +400,9 @@ def _build(folder: Path, config: TinyModelConfig) -> dict[str, float]:
     with _torch_threads(2):
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, config)
-        metrics = warm_start(model, tokenizer, config, env)
-    model.save_pretrained(folder)
+        metrics = warm_start(model, tokenizer, config, env, progress)
+    with quiet_transformers_bars():
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     metrics["seconds"] = time.perf_counter() - started
     recipe = {"config": config.model_dump(mode="json"), "env": TINY_ARITHMETIC_ENV, "metrics": metrics}

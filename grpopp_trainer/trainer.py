@@ -5,7 +5,8 @@ One training step, as numbered in ``Trainer.train_step``:
 1. Sample prompts from the environment mixture (exact quotas, deterministic).
 2. Generate G completions per prompt with the rollout engine, recording the sampler's log-probs.
 3. Verify and shape rewards with each prompt's environment (the same code evaluation uses).
-4. Mask samples the verifier could not judge (timeout, error) and count them by status.
+4. Mask samples the verifier could not judge (timeout, error), or whose reward is not a finite
+   number (status error), and count them by status.
 5. Dynamic sampling (DAPO, arXiv 2503.14476, sec. 3.2): drop groups whose rewards are all equal and
    generate again until the batch is full or ``max_generation_rounds`` is reached.
 6. Overlong filtering (DAPO sec. 3.4): optionally mask the loss of truncated completions.
@@ -14,7 +15,8 @@ One training step, as numbered in ``Trainer.train_step``:
    mini-batch's ``num_items`` normaliser, so the gradient equals a single pass over the mini-batch.
 9. Optimizer step with gradient clipping; a non-finite loss or gradient skips the step (counted).
    The rollout engine then takes the new weights (vLLM; the hf engine samples from the policy itself).
-10. Metrics; periodic evaluation and checkpoints.
+10. Metrics (with ``time``, the run's wall-clock seconds so far, and ``completions_generated``);
+    periodic evaluation and checkpoints.
 
 A reference model is built only when ``kl_coef > 0``. On-policy updates (one mini-batch, one epoch)
 reuse the training forward pass for pi_old, as the ratio is then 1 by construction.
@@ -28,6 +30,7 @@ import random
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +43,13 @@ from envs.base import Environment, Task
 from envs.mixture import Mixture, build_mixture
 from grpopp_trainer import checkpoint as ckpt
 from grpopp_trainer.advantages import compute_advantages
-from grpopp_trainer.batch import CollectStats, Group, TrainTensors, pad, score_groups, to_tensors
+from grpopp_trainer.batch import CollectStats, Group, Sample, TrainTensors, pad, score_groups, to_tensors
 from grpopp_trainer.config import TrainConfig
 from grpopp_trainer.distributed import barrier, gather_objects, gather_shares, my_share
 from grpopp_trainer.evaluate import EvalSettings, evaluate_engine
 from grpopp_trainer.losses import policy_loss
 from grpopp_trainer.policy import Policy, TokenBatch, completion_logprobs
+from grpopp_trainer.progress import quiet_transformers_bars
 from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
 from grpopp_trainer.run_log import RunLog, truncate_log
 from rewards.shaping import LengthLimits
@@ -57,6 +61,9 @@ class StepResult:
 
     metrics: dict[str, float]
     groups: list[Group] = field(default_factory=list)
+    """The groups trained on."""
+    generated: list[Group] = field(default_factory=list)
+    """Every group generated, also those dynamic sampling dropped."""
 
 
 class Trainer:
@@ -70,8 +77,10 @@ class Trainer:
         run_dir: Path,
         reference: PreTrainedModel | None = None,
         mixture: Mixture | None = None,
+        started: float | None = None,
     ) -> None:
-        """``mixture``: the environments of ``config.envs``, when the caller has built them already."""
+        """``mixture``: the environments of ``config.envs``, when the caller has built them already.
+        ``started``: when this process began the run (``time.perf_counter()``; default now)."""
         self.config = config
         self.policy = policy
         self.engine = engine
@@ -82,20 +91,29 @@ class Trainer:
         self.limits: LengthLimits = config.algorithm.length_limits(config.rollout.max_new_tokens)
         self.step = 0
         self.skipped_updates = 0
+        self.started = time.perf_counter() if started is None else started
+        self.time_before = 0.0
+        """Wall-clock seconds of the run before this process (a resumed run: its checkpoint's)."""
         self.dist = policy.dist
         self.log = RunLog(run_dir, config.logging, config.model_dump(mode="json"), enabled=self.dist.is_main)
 
     # -- the loop --------------------------------------------------------------------------------------
 
+    def run_seconds(self, now: float | None = None) -> float:
+        """Wall-clock seconds the run has taken until ``now`` (``time.perf_counter()``, default: now),
+        summed over the processes that produced its steps (a resumed run continues from its
+        checkpoint's count)."""
+        return self.time_before + (time.perf_counter() if now is None else now) - self.started
+
     def train_step(self) -> StepResult:
-        cfg, algorithm = self.config, self.config.algorithm
+        cfg, algorithm, step_started = self.config, self.config.algorithm, time.perf_counter()
         if self.policy.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.policy.device)  # the step's peak, logged at its end
         # 1-6. Prompts, completions, rewards, masks, dynamic sampling, overlong filtering.
         groups, stats = self.collect_groups()
         if not groups:  # every group had equal rewards in every round: nothing to learn from
             self.skipped_updates += 1
-            return StepResult(self._step_metrics(groups, stats, {}, 0.0), groups)
+            return StepResult(self._step_metrics(groups, stats, {}, 0.0, step_started), groups, stats.generated)
         tensors = to_tensors(groups, algorithm.overlong.filter_truncated)
         # 7. Advantages over the valid samples of each group.
         advantages = compute_advantages(
@@ -108,7 +126,8 @@ class Trainer:
         # 8-9. mu epochs x mini-batches x micro-batches, then clipped optimizer steps.
         started = time.perf_counter()
         update_metrics = self.update(tensors, advantages)
-        return StepResult(self._step_metrics(groups, stats, update_metrics, time.perf_counter() - started), groups)
+        metrics = self._step_metrics(groups, stats, update_metrics, time.perf_counter() - started, step_started)
+        return StepResult(metrics, groups, stats.generated)
 
     def collect_groups(self) -> tuple[list[Group], CollectStats]:
         """Steps 1-6: fill the batch with groups, over several generation rounds under dynamic sampling."""
@@ -341,9 +360,10 @@ class Trainer:
 
     # -- evaluation, metrics, checkpoints --------------------------------------------------------------
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
         """Held-out accuracy per environment on its test split (greedy by default), computed by
-        ``evaluate.evaluate_engine`` as ``grpopp eval`` computes avg@1."""
+        ``evaluate.evaluate_engine`` as ``grpopp eval`` computes avg@1. ``progress(done, total)``:
+        told the tasks done as generation advances."""
         cfg = self.config
         params = SamplingParams(
             max_new_tokens=cfg.rollout.max_new_tokens,
@@ -356,7 +376,7 @@ class Trainer:
         tasks = dict.fromkeys(self.envs, cfg.eval.tasks_per_env)
         with self._sampling():  # each rank evaluates its share of the tasks; every rank gets the results
             run = evaluate_engine(
-                self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0), self.dist
+                self.engine, self.envs, tasks, params, self.limits, EvalSettings(bootstrap=0), self.dist, progress
             )
         results: dict[str, float] = {}
         for name, summary in run.per_env.items():
@@ -366,13 +386,22 @@ class Trainer:
         return results
 
     def _step_metrics(
-        self, groups: list[Group], stats: CollectStats, update: dict[str, float], train_seconds: float
+        self,
+        groups: list[Group],
+        stats: CollectStats,
+        update: dict[str, float],
+        train_seconds: float,
+        step_started: float,
     ) -> dict[str, float]:
         """Rewards, accuracy and lengths over every completion generated this step (also those of groups
-        dynamic sampling dropped); the update's statistics over the kept ones."""
+        dynamic sampling dropped); the update's statistics over the kept ones; wall-clock times."""
         samples = [s for g in stats.generated for s in g.samples]
         lengths = [len(s.completion.token_ids) for s in samples]
+        now = time.perf_counter()
         metrics: dict[str, float] = {
+            "time": self.run_seconds(now),
+            "time/step": now - step_started,
+            "completions_generated": float(len(samples)),
             "reward": _mean([s.reward.total for s in samples if s.reward.valid]),
             "accuracy": _mean([float(s.correct) for s in samples if s.reward.valid]),
             "length/mean": _mean(lengths),
@@ -397,9 +426,10 @@ class Trainer:
             env_samples = [s for g in stats.generated if g.task.env == env_name for s in g.samples if s.reward.valid]
             metrics[f"{env_name}/accuracy"] = _mean([float(s.correct) for s in env_samples])
             metrics[f"{env_name}/reward"] = _mean([s.reward.total for s in env_samples])
-            for component in env_samples[0].reward.components if env_samples else {}:
-                values = [s.reward.components[component].value for s in env_samples]
-                metrics[f"{env_name}/reward/{component}"] = _mean(values)
+            for name, component in env_samples[0].reward.components.items() if env_samples else ():
+                values = [s.reward.components[name].value for s in env_samples]
+                group = "reward" if component.weight != 0 else "reward_inactive"  # weight 0: logged, not in the reward
+                metrics[f"{env_name}/{group}/{name}"] = _mean(values)
         metrics.update({k: v for k, v in update.items() if k != "train_tokens"})
         if self.policy.device.type == "cuda":  # this rank's GPU (rank 0's under torchrun)
             device = self.policy.device
@@ -417,17 +447,19 @@ class Trainer:
             "mixture": self.mixture.state_dict(),
             "skipped_updates": self.skipped_updates,
             "world_size": self.dist.world_size,
+            "time": self.run_seconds(),
         }
         full = self.policy.full_model_state() if self.dist.enabled else None
         path = None
         if self.dist.is_main:
-            path = ckpt.save_checkpoint(
-                self.run_dir,
-                self.step,
-                lambda folder: self.policy.save_pretrained(folder, full),
-                state,
-                self.config.checkpoint.keep_last,
-            )
+            with quiet_transformers_bars():  # no "Writing model shards" bar between the step lines
+                path = ckpt.save_checkpoint(
+                    self.run_dir,
+                    self.step,
+                    lambda folder: self.policy.save_pretrained(folder, full),
+                    state,
+                    self.config.checkpoint.keep_last,
+                )
         barrier(self.dist)
         return path
 
@@ -438,31 +470,37 @@ class Trainer:
         self.policy.load_state_dict(state["policy"])
         self.mixture.load_state_dict(state["mixture"])
         self.skipped_updates = int(state["skipped_updates"])
+        self.time_before = float(state.get("time", 0.0))  # checkpoints before this record lack it
         ckpt.restore_rng(state["rng"])
         if self.dist.is_main:
             for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
                 truncate_log(self.run_dir, name, self.step)
         barrier(self.dist)
 
-    def sample_records(self, groups: list[Group]) -> list[dict[str, Any]]:
-        records = []
-        for group in groups[: self.config.logging.samples_per_step]:
-            sample = group.samples[0]
-            records.append(
-                {
-                    "task_id": group.task.id,
-                    "prompt": group.task.prompt if isinstance(group.task.prompt, str) else str(group.task.prompt),
-                    "completion": sample.completion.text,
-                    "finish_reason": sample.completion.finish_reason,
-                    "reward": sample.reward.model_dump(mode="json", exclude={"verification"}),
-                    "verification": sample.reward.verification.model_dump() if sample.reward.verification else None,
-                }
-            )
-        return records
+    def sample_records(self, groups: list[Group], generated: Sequence[Group] = ()) -> list[dict[str, Any]]:
+        """Records for samples.jsonl: the first completion of each of the first
+        ``logging.samples_per_step`` trained groups, then up to as many masked samples (status
+        timeout or error) of ``generated``, so the reason a sample was masked is on record."""
+        limit = self.config.logging.samples_per_step
+        chosen = [(group, group.samples[0]) for group in groups[:limit]]
+        logged = {id(sample) for _, sample in chosen}
+        masked = [(g, s) for g in generated for s in g.samples if not s.reward.valid and id(s) not in logged]
+        return [_sample_record(group, sample) for group, sample in chosen + masked[:limit]]
 
     def _seed(self, purpose: str, index: int) -> int:
         """A seed for (step, purpose, index): the same on a resumed run as on an uninterrupted one."""
         return random.Random(f"{self.config.seed}|{self.step}|{purpose}|{index}").getrandbits(31)
+
+
+def _sample_record(group: Group, sample: Sample) -> dict[str, Any]:
+    return {
+        "task_id": group.task.id,
+        "prompt": group.task.prompt if isinstance(group.task.prompt, str) else str(group.task.prompt),
+        "completion": sample.completion.text,
+        "finish_reason": sample.completion.finish_reason,
+        "reward": sample.reward.model_dump(mode="json", exclude={"verification"}),
+        "verification": sample.reward.verification.model_dump(mode="json") if sample.reward.verification else None,
+    }
 
 
 def make_reference(model: PreTrainedModel) -> PreTrainedModel:

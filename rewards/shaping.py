@@ -3,16 +3,19 @@ weighted composition with correctness into a ``Reward``.
 
 Each environment declares its shaping in a ``RewardConfig``; ``compose_reward`` is the single
 function that turns a ``VerifyResult`` and the completion into a reward, called identically by the
-trainer and by evaluation. A component that raises makes the reward invalid (status "error", the
-exception recorded), never a silent 0.
+trainer and by evaluation. A component that raises, or whose value or weighted total is not a
+finite number (NaN, inf), makes the reward invalid (status "error", the reason recorded): the sample
+is masked, never a silent 0 and never a NaN in the advantages. ``finite_or_error`` applies the same
+rule to a ``Reward`` built elsewhere (an environment that overrides ``score_batch``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewards.extract import boxed_contents
 from rewards.types import Reward, RewardComponent, VerifyResult
@@ -38,21 +41,43 @@ class RewardConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    correctness: float = 1.0
-    """Weight of the verifier's score (1 correct, 0 wrong, or a fraction for partial credit)."""
+    correctness: float = Field(1.0, allow_inf_nan=False)
+    """Weight of the verifier's score (1 correct, 0 wrong, or a fraction for partial credit). Every
+    weight must be a finite number: NaN or inf would make every reward NaN or inf."""
 
-    format: float = Field(0.0, ge=0.0)
+    format: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """Weight of the format reward (value 0 or 1, see ``format_rules``)."""
 
     format_rules: FormatRules = FormatRules()
     """The rules the format reward checks."""
 
-    overlong: float | None = Field(None, ge=0.0)
+    overlong: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     """Weight of DAPO's soft overlong punishment (value in [-1, 0]): its penalty factor. None: the
     algorithm's (``algorithm.overlong.penalty_factor`` when its soft punishment is on, else 0)."""
 
-    length: float = Field(0.0, ge=0.0)
+    length: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """Weight of a linear length penalty, value -min(tokens / max_length, 1); 0 disables it."""
+
+    @field_validator("correctness", "format", "overlong", "length", mode="before")
+    @classmethod
+    def _finite_weight(cls, value: object) -> object:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            raise ValueError(
+                f"a reward weight must be a finite number, got {value}: a NaN or infinite weight makes every "
+                "reward NaN or infinite; give a number such as 1.0, or 0 to turn the component off"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _format_needs_a_rule(self) -> RewardConfig:
+        rules = self.format_rules
+        if self.format > 0 and not (rules.think or rules.boxed or rules.answer_line):
+            raise ValueError(
+                f"format={self.format:g} with no format rule rewards any text (the format value is 1 when every "
+                "enabled rule holds, and none is enabled): turn a rule on, e.g. format_rules: {answer_line: true} "
+                "(or think, boxed), or set format: 0"
+            )
+        return self
 
 
 class LengthLimits(BaseModel):
@@ -66,7 +91,7 @@ class LengthLimits(BaseModel):
     cache_length: int = Field(ge=0)
     """L_cache: the buffer before L_max in which the soft punishment ramps from 0 to -1."""
 
-    overlong_factor: float = Field(0.0, ge=0.0)
+    overlong_factor: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """The overlong weight used by environments whose ``RewardConfig.overlong`` is None."""
 
 
@@ -126,8 +151,10 @@ def compose_reward(
 
     ``num_tokens`` is the completion's length in tokens (what the length terms measure). When the
     verifier could not judge, the reward is invalid (the sample will be masked) but its shaping
-    components are still computed for the logs.
+    components are still computed for the logs. A verdict that breaks ``VerifyResult``'s own rules
+    (one built without validation, e.g. a NaN score) counts as the verifier's error.
     """
+    verification, problem = _checked_verdict(verification)
     overlong_weight = limits.overlong_factor if config.overlong is None else config.overlong
     terms: dict[str, tuple[float, Callable[[], float]]] = {
         "correctness": (config.correctness, lambda: verification.score),
@@ -139,20 +166,58 @@ def compose_reward(
         "length": (config.length, lambda: length_penalty(num_tokens, limits.max_length)),
     }
     components: dict[str, RewardComponent] = {}
-    errors: list[str] = []
+    errors: list[str] = [problem] if problem else []
     for name, (weight, compute) in terms.items():
         try:
-            components[name] = RewardComponent(value=float(compute()), weight=weight)
+            value = float(compute())
         except Exception as exc:  # a broken component invalidates the sample; it is not a 0
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        if math.isfinite(value):
+            components[name] = RewardComponent(value=value, weight=weight)
+        else:  # NaN or inf would poison the group's advantages: the sample is masked instead
+            errors.append(f"{name}: the value {value} is not a finite number")
     status = "error" if errors else verification.status
     valid = verification.judged and not errors
     total = sum(c.weighted for c in components.values()) if valid else 0.0
-    return Reward(
+    reward = Reward(
         total=total,
         components=components,
         status=status,
         valid=valid,
         errors=errors,
         verification=verification,
+    )
+    return finite_or_error(reward)
+
+
+def _checked_verdict(verification: VerifyResult) -> tuple[VerifyResult, str | None]:
+    """``verification`` and None when it keeps ``VerifyResult``'s rules; else an "error" verdict that
+    says what was wrong, and that reason."""
+    try:
+        VerifyResult.model_validate(verification.model_dump())
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'result'}: {e['msg']}" for e in exc.errors())
+        reason = f"verifier: invalid result (status {verification.status!r}, score {verification.score}): {details}"
+        return VerifyResult.error(reason, verification.decided_by), reason
+    return verification, None
+
+
+def finite_or_error(reward: Reward) -> Reward:
+    """``reward`` itself when it is invalid or its total and every component are finite numbers; else
+    the same reward marked invalid with status "error" and the reason in ``errors`` (total 0, never
+    used). Finite components can still sum to inf (weights near the float limit)."""
+    if not reward.valid:
+        return reward
+    problems = [
+        f"{name}: the value {component.value} is not a finite number"
+        for name, component in reward.components.items()
+        if not math.isfinite(component.value)
+    ]
+    if not math.isfinite(reward.total):
+        problems.append(f"total: {reward.total} is not a finite number")
+    if not problems:
+        return reward
+    return reward.model_copy(
+        update={"status": "error", "valid": False, "total": 0.0, "errors": [*reward.errors, *problems]}
     )

@@ -1,8 +1,9 @@
 """Typed records of verification and reward: what a verifier decided and what a sample earned.
 
 A verifier that cannot judge (timeout, crash, unparseable gold answer) says so with its status; it
-never becomes a silent 0. The trainer masks samples whose reward is not ``valid`` instead of
-training on them as wrong answers, and counts them by status.
+never becomes a silent 0. A score or reward component that is not a finite number is an error too.
+The trainer masks samples whose reward is not ``valid`` instead of training on them as wrong
+answers, and counts them by status.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class VerifyResult(BaseModel):
     """correct / incorrect: judged. unparseable: no answer could be found in the completion (a
     judged failure). timeout / error: the verifier could not judge (the sample is masked)."""
 
-    score: float = Field(ge=0.0, le=1.0)
+    score: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
     """Correctness in [0, 1]: 1 or 0 for exact checks, a fraction for partial credit (tests passed).
     Always 0 when the status is not a verdict; read ``judged`` before using it."""
 
@@ -88,10 +89,11 @@ class Reward(BaseModel):
     """Each component by name: "correctness", "format", "overlong", "length", ..."""
 
     status: VerifyStatus
-    """The verifier's status; "error" also when a reward component raised."""
+    """The verifier's status; "error" also when a reward component raised or was not a finite number."""
 
     valid: bool
-    """False when the sample must be masked: the verifier could not judge or a component raised."""
+    """False when the sample must be masked: the verifier could not judge, or a component raised or
+    was not a finite number (NaN, inf)."""
 
     errors: list[str] = []
     """What went wrong, one line per failure (component name and exception)."""

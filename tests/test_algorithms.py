@@ -14,6 +14,7 @@ EXPECTED = {
     "gspo": ("gspo", 3e-4, 4e-4, "seq_mean_token_mean", "group", 0.0, "off", False, False),  # GSPO sec. 5.1
     "cispo": ("cispo", 1.0, 4.0, "token_mean", "group", 0.0, "off", False, False),  # MiniMax-M1
     "grpopp": ("ppo_clip", 0.2, 0.28, "token_mean", "none", 0.0, "token_truncate", True, True),
+    "trl_dapo": ("ppo_clip", 0.2, 0.2, "token_mean", "group", 0.0, "sequence_mask", False, False),  # TRL 1.16.0
 }
 
 
@@ -88,3 +89,89 @@ def test_overlong_buffer_must_fit():
 )
 def test_parse_value(text, value):
     assert parse_value(text) == value
+
+
+# TRL 1.16.0's GRPOConfig defaults, read from its source (pip download --no-binary :all: trl==1.16.0;
+# trl/trainer/grpo_config.py and grpo_trainer.py, line numbers of that release), each with the
+# grpopp field that carries it. TRL is no dependency here, so the values are written out.
+TRL_1_16_0_DEFAULTS = {
+    "loss.objective": "ppo_clip",  # importance_sampling_level="token" (grpo_config.py:760)
+    "loss.eps_low": 0.2,  # epsilon=0.2 (grpo_config.py:693)
+    "loss.eps_high": 0.2,  # epsilon_high=None -> epsilon (grpo_config.py:705; grpo_trainer.py:946)
+    "loss.dual_clip": None,  # delta=None (grpo_config.py:697)
+    "loss.aggregation": "token_mean",  # loss_type="dapo": sum / tokens of the batch (grpo_config.py:801)
+    "loss.kl_coef": 0.0,  # beta=0.0 (grpo_config.py:681)
+    "loss.tis": "sequence_mask",  # vllm_importance_sampling_correction=True, _mode="sequence_mask" (:925, :934)
+    "loss.tis_cap": 3.0,  # vllm_importance_sampling_clip_max=3.0 (grpo_config.py:947)
+    "advantage_scale": "group",  # scale_rewards="group" (grpo_config.py:789)
+    "advantage_eps": 1e-4,  # advantages / (std_rewards + 1e-4) (grpo_trainer.py:2787)
+    "dynamic_sampling.enabled": False,  # TRL has no dynamic sampling
+    "overlong.filter_truncated": False,  # mask_truncated_completions=False (grpo_config.py:836)
+    "overlong.soft_punishment": False,  # TRL's overlong punishment is an opt-in reward function
+}
+
+
+def _field(config, dotted):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+@pytest.mark.parametrize("key", list(TRL_1_16_0_DEFAULTS))
+def test_trl_dapo_is_trl_grpo_config_defaults(key):
+    assert _field(get_preset("trl_dapo"), key) == TRL_1_16_0_DEFAULTS[key]
+
+
+def test_trl_dapo_optimizer_is_transformers_training_arguments():
+    """The optimizer half of TRL's defaults comes from transformers' TrainingArguments (installed here),
+    except the learning rate, which GRPOConfig sets to 1e-6 (grpo_config.py:423)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    hf = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}
+    optim = PRESETS["trl_dapo"].optim
+    assert optim["betas"] == (hf["adam_beta1"], hf["adam_beta2"]) == (0.9, 0.999)
+    assert optim["weight_decay"] == hf["weight_decay"]
+    assert optim["max_grad_norm"] == hf["max_grad_norm"]
+    assert optim["warmup_steps"] == hf["warmup_steps"] == 0
+    assert optim["schedule"] == str(hf["lr_scheduler_type"]).removeprefix("SchedulerType.").lower() == "linear"
+    assert optim["min_lr_ratio"] == 0.0  # transformers' linear schedule ends at 0
+    assert optim["lr"] == 1e-6
+    assert set(optim) <= {"lr", "betas", "weight_decay", "max_grad_norm", "warmup_steps", "schedule", "min_lr_ratio"}
+    assert all(not preset.optim for name, preset in PRESETS.items() if name != "trl_dapo")  # papers fix no optimizer
+
+
+def test_trl_dapo_optimizer_and_schedule_match_transformers_step_by_step():
+    """grpopp's AdamW and schedule under trl_dapo's optim against transformers' own linear scheduler:
+    the same betas and epsilon (TrainingArguments.adam_epsilon), the same lr at every optimizer step."""
+    import dataclasses
+
+    import torch
+    from transformers import TrainingArguments, get_scheduler
+
+    from grpopp_trainer.config import OptimConfig
+    from grpopp_trainer.policy import Policy
+
+    hf = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}
+    total = 7
+    policy = Policy(torch.nn.Linear(2, 2), None, OptimConfig(**PRESETS["trl_dapo"].optim), total, torch.device("cpu"))
+    group = policy.optimizer.param_groups[0]
+    assert group["betas"] == (hf["adam_beta1"], hf["adam_beta2"])
+    assert group["eps"] == hf["adam_epsilon"] == 1e-8
+    assert group["weight_decay"] == hf["weight_decay"]
+    reference = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-6)
+    scheduler = get_scheduler("linear", reference, num_warmup_steps=0, num_training_steps=total)
+    for step in range(total):
+        policy.set_schedule_position(step)
+        assert policy.lr == pytest.approx(scheduler.get_last_lr()[0], rel=1e-12), step
+        reference.step()
+        scheduler.step()
+    # by hand: lr x (7 - step) / 7, e.g. 1e-6 x 4/7 at step 3
+    policy.set_schedule_position(3)
+    assert policy.lr == pytest.approx(1e-6 * 4 / 7, rel=1e-12)
+
+
+@pytest.mark.parametrize(("given", "read"), [(False, "none"), (True, "group"), ("batch", "batch")])
+def test_advantage_scale_reads_booleans_as_trl_scale_rewards(given, read):
+    assert AlgorithmConfig(advantage_scale=given).advantage_scale == read

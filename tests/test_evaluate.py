@@ -19,10 +19,13 @@ from grpopp_trainer.evaluate import (
     EvalSettings,
     TaskOutcome,
     bootstrap_ci,
+    generate_in_chunks,
     majority_correct,
     pass_at_k,
     summarise,
 )
+from grpopp_trainer.rollout.base import Completion, SamplingParams
+from grpopp_trainer.rollout.hf import HFEngine
 from grpopp_trainer.tiny import TinyModelConfig, load_or_create_tiny_model
 
 GRPOPP = str(Path(sys.executable).with_name("grpopp"))
@@ -359,3 +362,72 @@ def test_eval_errors_are_named(tiny_model, tmp_path):
     (tmp_path / "lonely.jsonl").write_text("{}\n")
     lonely = grpopp("eval", "reverify", str(tmp_path / "lonely.jsonl"))
     assert lonely.returncode != 0 and "no results.json beside it" in lonely.stderr + lonely.stdout
+
+
+# ----------------------------------------------------------------------------- chunked generation, progress
+
+
+class RecordingEngine:
+    """Answers every prompt with empty completions and records each call's prompts and seed."""
+
+    def __init__(self, samples_from_policy: bool) -> None:
+        self.samples_from_policy = samples_from_policy
+        self.calls: list[tuple[list[str], int | None]] = []
+
+    def generate(self, prompts, params, n=1):
+        self.calls.append((list(prompts), params.seed))
+        return [[Completion([1], [], "", [], "stop") for _ in range(n)] for _ in prompts]
+
+
+@pytest.mark.parametrize(
+    ("samples_from_policy", "calls"), [(True, [(0, 512, 7), (512, 1000, None)]), (False, [(0, 1000, 7)])]
+)
+def test_generation_is_chunked_for_the_hf_engine_only(samples_from_policy, calls):
+    # K = 2: chunks of 1024 // 2 = 512 prompts; only the first sets the seed, the next continue the generator.
+    engine = RecordingEngine(samples_from_policy)
+    prompts = [f"p{i}" for i in range(1000)]
+    reported: list[int] = []
+    out = generate_in_chunks(engine, prompts, SamplingParams(seed=7), 2, reported.append)
+    assert [(chunk[0], len(chunk), seed) for chunk, seed in engine.calls] == [
+        (f"p{start}", end - start, seed) for start, end, seed in calls
+    ]
+    assert reported == [end - start for start, end, _ in calls]
+    assert len(out) == 1000 and all(len(group) == 2 for group in out)
+
+
+def test_chunked_hf_generation_equals_one_call(monkeypatch, tiny_model):
+    """Chunks of whole engine batches (4 rows = 2 prompts x K=2, batch_size 4) draw the very samples of
+    a single call: the engine's generator simply continues."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpopp_trainer import evaluate
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [f"{a}+{a + 1}=" for a in range(7)]
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, seed=3)
+    whole = HFEngine(model, tokenizer, batch_size=4).generate(prompts, params, n=2)
+    monkeypatch.setattr(evaluate, "EVAL_CHUNK_ROWS", 4)
+    engine, reported = HFEngine(model, tokenizer, batch_size=4), []
+    chunked = generate_in_chunks(engine, prompts, params, 2, reported.append)
+    assert reported == [2, 2, 2, 1]
+    assert [[c.token_ids for c in group] for group in chunked] == [[c.token_ids for c in group] for group in whole]
+
+
+def test_evaluation_reports_progress_over_every_environment(monkeypatch):
+    from envs.registry import make_env
+    from grpopp_trainer import evaluate
+    from rewards.shaping import LengthLimits
+
+    monkeypatch.setattr(evaluate, "EVAL_CHUNK_ROWS", 2)  # K = 1: chunks of 2 prompts
+    envs = {"arithmetic": make_env("arithmetic"), "countdown": make_env("countdown")}
+    seen: list[tuple[int, int]] = []
+    evaluate.evaluate_engine(
+        RecordingEngine(samples_from_policy=True),
+        envs,
+        {"arithmetic": 3, "countdown": 2},
+        SamplingParams(seed=1),
+        LengthLimits(max_length=8, cache_length=0),
+        EvalSettings(bootstrap=0),
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(2, 5), (3, 5), (5, 5)]  # arithmetic 2 + 1, then countdown 2

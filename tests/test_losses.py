@@ -433,3 +433,10 @@ def test_tis_cap_boundary(mode, kept_weight):
     )
     close(out.loss, (-1.999 - kept_weight) / 2)
     close(out.metrics["tis/frac_truncated" if mode == "token_truncate" else "tis/frac_masked"], 1 / 2)
+
+
+def test_tis_false_is_off_as_yaml_reads_off():
+    assert LossConfig(tis=False).tis == "off"  # `tis: off` in YAML 1.1 arrives as False
+    assert LossConfig.model_validate({"tis": "off"}).tis == "off"
+    with pytest.raises(ValueError, match="Input should be 'off', 'token_truncate'"):
+        LossConfig(tis=True)  # `tis: on` names no mode

@@ -7,7 +7,7 @@ import pytest
 from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
 from envs.base import EnvConfig, Environment, Task
 from envs.countdown import CountdownConfig, CountdownEnv
-from envs.mixture import Mixture, parse_env_arg
+from envs.mixture import EnvSpec, Mixture, parse_env_arg, select_envs
 from grpopp_trainer.config_tools import ConfigError
 
 
@@ -116,3 +116,32 @@ def test_parse_env_arg_refuses_bad_weights(text):
 def test_duplicate_env_in_mixture_is_refused():
     with pytest.raises(ConfigError, match="appears twice"):
         Mixture([ArithmeticEnv(ArithmeticConfig()), ArithmeticEnv(ArithmeticConfig())], [1, 1])
+
+
+def test_select_envs_keeps_the_configured_options_and_takes_the_requested_weights():
+    configured = [
+        EnvSpec(name="gsm8k", weight=0.7, config={"path": "train.jsonl", "reward": {"format": 0.0}}),
+        EnvSpec(name="countdown", weight=0.3, config={"num_numbers": 4}),
+    ]
+    requested = [
+        EnvSpec(name="countdown", weight=0.5),
+        EnvSpec(name="my_task", weight=0.5),
+        EnvSpec(name="gsm8k", weight=2.0, config={"path": "other.jsonl"}),
+    ]
+    selection = select_envs(configured, requested)
+    assert [(s.name, s.weight, s.config) for s in selection.specs] == [
+        ("countdown", 0.5, {"num_numbers": 4}),  # the file's options, the flag's weight
+        ("my_task", 0.5, {}),  # not configured: defaults
+        ("gsm8k", 2.0, {"path": "other.jsonl", "reward": {"format": 0.0}}),  # a request's own options win
+    ]
+    assert selection.notes == ["--env my_task: not in the config file: using its default options"]
+    assert configured[1].weight == 0.3  # the configured specs are not changed
+
+
+def test_select_envs_with_nothing_configured_notes_every_name():
+    selection = select_envs([], [parse_env_arg("arithmetic:2"), parse_env_arg("reasoning_gym:chain_sum")])
+    assert [(s.name, s.weight) for s in selection.specs] == [("arithmetic", 2.0), ("reasoning_gym:chain_sum", 1.0)]
+    assert selection.notes == [
+        f"--env {name}: not in the config file: using its default options"
+        for name in ("arithmetic", "reasoning_gym:chain_sum")
+    ]

@@ -13,15 +13,23 @@ from typer.testing import CliRunner
 
 from cli.report_cmd import report_command
 from grpopp_trainer.report import (
+    FIGURES,
+    CheckpointResult,
     ReportError,
+    eval_results_figure,
     moving_average,
     read_jsonl,
+    read_run,
     rows_to_series,
     smoothing_window,
+    spec_figure,
+    step_ticks,
     write_report,
+    y_limits,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURE_BY_NAME = {spec.name: spec for spec in FIGURES}
 STEPS = 35
 ENVS = ("arithmetic", "countdown")
 
@@ -281,7 +289,7 @@ def test_report_command_prints_what_it_wrote(tmp_path):
 
 def test_report_command_fails_cleanly_without_metrics(tmp_path):
     result = CliRunner().invoke(_app(), ["report", str(tmp_path)], env={"COLUMNS": "200"})
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a user error (cli.errors): one message, exit status 2
     assert "has no metrics.jsonl" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
 
@@ -290,6 +298,145 @@ def test_report_command_without_matplotlib_says_how_to_install(tmp_path, monkeyp
     run_dir = make_run_dir(tmp_path)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     result = CliRunner().invoke(_app(), ["report", str(run_dir)], env={"COLUMNS": "200"})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "pip install -e '.[report]'" in result.output
     assert not (run_dir / "report").exists()
+
+
+# ---------------------------------------------------------------- axes, ticks and the held-out tables
+
+
+@pytest.mark.parametrize(
+    ("values", "bounds", "expected"),
+    [
+        # a constant lr of 1e-4 (matplotlib drew 0.000096-0.000104): from 0 to twice the value
+        ([1e-4] * 5, (0.0, None), (0.0, 2e-4)),
+        # a constant fraction of 0 (matplotlib drew -0.05-0.05): the whole range of a fraction
+        ([0.0, 0.0], (0.0, 1.0), (0.0, 1.0)),
+        ([0.0], (None, None), (-1.0, 1.0)),  # unbounded constant 0: symmetric
+        ([-0.5, -0.5], (None, None), (-1.0, 0.0)),  # negative constant: from twice it to 0
+        ([0.8] * 3, (0.0, 1.0), (0.0, 1.0)),  # 0 to 1.6, cut at 1
+        # varying: 5% of the span on each side; 0..0.5 -> -0.025..0.525, cut at 0 for a fraction
+        ([0.0, 0.5, math.nan], (0.0, 1.0), (0.0, 0.525)),
+        ([0.0, 0.5], (None, None), (-0.025, 0.525)),
+        # 0.001..0.002: margin 0.00005 inside the bounds on both sides
+        ([0.001, 0.002], (0.0, 1.0), (0.00095, 0.00205)),
+        # values outside the bounds are never cut off: -0.2..1.2 with margin 0.07
+        ([-0.2, 1.2], (0.0, 1.0), (-0.27, 1.27)),
+    ],
+)
+def test_y_limits_by_hand(values, bounds, expected):
+    low, high = y_limits(values, bounds)
+    assert low == pytest.approx(expected[0], abs=1e-15)
+    assert high == pytest.approx(expected[1], abs=1e-15)
+
+
+def test_y_limits_of_nothing_finite_is_none():
+    assert y_limits([math.nan, math.inf], (0.0, 1.0)) is None
+
+
+def test_step_ticks_keep_every_step_up_to_twelve_and_always_the_last():
+    assert step_ticks([20, 10, 10, 30]) == [10, 20, 30]
+    # 26 steps 0..25: stride ceil(26 / 12) = 3 counted back from 25 -> 1, 4, ..., 25 (9 ticks)
+    assert step_ticks(list(range(26))) == [1, 4, 7, 10, 13, 16, 19, 22, 25]
+    assert step_ticks(list(range(0, 1300, 100))) == [0, 200, 400, 600, 800, 1000, 1200]  # 13 -> stride 2
+
+
+def _axes_by_title(figure):
+    return {ax.get_title(): ax for ax in figure.axes}
+
+
+def test_constant_and_fraction_series_get_sensible_axes(report):
+    run_dir, _ = report
+    series = read_run(run_dir).train
+    figure, _ = spec_figure(FIGURE_BY_NAME["optimization"], series)
+    axes = _axes_by_title(figure)
+    assert axes["Learning rate"].get_ylim() == pytest.approx((0.0, 2e-6))  # lr is a constant 1e-6
+    assert axes["Gradient norm"].get_ylim() == pytest.approx((0.0, 1.0))  # a constant 0.5 (one null)
+    figure, _ = spec_figure(FIGURE_BY_NAME["clipping"], series)
+    axes = _axes_by_title(figure)
+    # fractions 0 (dual clip), 0.001 (low), 0.002 (high): 5% margin is 0.0001, cut at 0 below
+    assert axes["Clipped tokens"].get_ylim() == pytest.approx((0.0, 0.0021))
+    figure, _ = spec_figure(FIGURE_BY_NAME["masked_samples"], series)
+    axes = _axes_by_title(figure)
+    assert axes["Completions by status"].get_ylim() == pytest.approx((0.0, 0.021))  # 0, 0.01, 0.02
+    assert axes["Skipped optimizer updates"].get_ylim() == pytest.approx((0.0, 1.0))  # constant 0, never < 0
+
+
+def test_checkpoint_ticks_sit_at_the_checkpoints(report):
+    run_dir, _ = report
+    results = read_run(run_dir).eval_results["final"]
+    figure, _ = eval_results_figure("final", results)
+    for ax in figure.axes:  # arithmetic, countdown, overall: checkpoints at steps 10 and 20
+        assert list(ax.get_xticks()) == [10.0, 20.0]
+        assert [label.get_text() for label in ax.get_xticklabels()] == ["10", "20"]
+        assert ax.get_ylim()[0] >= 0.0 and ax.get_ylim()[1] <= 1.0
+    many = results.model_copy(update={"checkpoints": [_checkpoint_result(step) for step in range(50, 1550, 50)]})
+    figure, _ = eval_results_figure("many", many)
+    # 30 checkpoints 50..1500: stride 3 counted back from 1500 -> 150, 300, ..., 1500
+    assert list(figure.axes[0].get_xticks()) == [float(step) for step in range(150, 1550, 150)]
+    series = read_run(run_dir).evaluations
+    figure, _ = spec_figure(FIGURE_BY_NAME["eval_during_training"], series)
+    assert list(figure.axes[0].get_xticks()) == [0.0, 20.0]  # the two evaluations of eval.jsonl
+
+
+def _checkpoint_result(step):
+    return CheckpointResult.model_validate(_checkpoint(step, 0.5))
+
+
+def test_report_md_opens_with_the_held_out_tables(report):
+    _, summary = report
+    lines = summary.markdown.read_text().splitlines()
+    assert lines[:2] == ["# Training report: run", ""]
+    assert lines[2] == "## Held-out results"
+    table_start = lines.index("| checkpoint | environment | tasks | avg@4 | pass@1 | pass@4 |")
+    # from _checkpoint(): value v with interval [v - 0.1, v + 0.1]; pass@4 = v + 0.2 in [v, 0.95];
+    # environments have 40 tasks, the overall row carries no task count
+    assert lines[table_start + 1 : table_start + 8] == [
+        "|---|---|---|---|---|---|",
+        "| step 10 | arithmetic | 40 | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
+        "| step 10 | countdown | 40 | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
+        "| step 10 | overall | - | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
+        "| step 20 | arithmetic | 40 | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
+        "| step 20 | countdown | 40 | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
+        "| step 20 | overall | - | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
+    ]
+    during = lines.index("| step | all environments | arithmetic | countdown |")
+    assert lines[during + 1 : during + 4] == [
+        "|---|---|---|---|",
+        "| 0 | 0.200 | 0.250 | 0.150 |",
+        "| 20 | 0.400 | 0.450 | 0.350 |",
+    ]
+    assert table_start < during < lines.index("## Run") < lines.index("## Summary")
+
+
+def test_report_md_says_when_nothing_was_held_out(tmp_path):
+    run_dir = tmp_path / "quiet"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps(_training_row(1)) + "\n")
+    markdown = write_report(run_dir).markdown.read_text().splitlines()
+    assert markdown[2:5] == [
+        "## Held-out results",
+        "",
+        "None logged: the run evaluated nothing (eval.tasks_per_env = 0) and no `grpopp eval` results are in evals/.",
+    ]
+
+
+def test_weight_zero_components_are_labelled_apart(tmp_path):
+    rows = []
+    for step in (1, 2):
+        row = {"step": step, "arithmetic/accuracy": 0.5, "arithmetic/reward/correctness": 0.5}
+        rows.append(row | {"arithmetic/reward_inactive/length": -0.1, "arithmetic/reward_inactive/format": 0.0})
+    series = rows_to_series(rows)
+    figure, panels = spec_figure(FIGURE_BY_NAME["reward_accuracy"], series)
+    components = _axes_by_title(figure)["arithmetic: reward components"]
+    assert [text.get_text() for text in components.get_legend().get_texts()] == [
+        "correctness",
+        "format (weight 0: not in the reward)",
+        "length (weight 0: not in the reward)",
+    ]
+    assert [curve.key for curve in panels[-1].curves] == [
+        "arithmetic/reward/correctness",
+        "arithmetic/reward_inactive/format",
+        "arithmetic/reward_inactive/length",
+    ]

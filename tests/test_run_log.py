@@ -95,3 +95,37 @@ def test_missing_writer_package_says_how_to_install(tmp_path, monkeypatch):
     log = RunLog(tmp_path, LoggingConfig(wandb=True), {})
     with pytest.raises(ImportError, match="pip install wandb"):
         log.metrics(1, {"reward": 1.0})
+
+
+def test_an_evaluation_adds_no_line_to_metrics_jsonl_but_reaches_the_writers(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log = RunLog(tmp_path, LoggingConfig(wandb=True), {})
+    log.eval(0, {"accuracy": 0.25})
+    log.metrics(1, {"reward": 0.5})
+    log.eval(1, {"accuracy": 0.5, "coin/accuracy": 0.5})
+    log.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"step": 1, "reward": 0.5}]  # one line per step, no eval line
+    evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert evals == [{"step": 0, "accuracy": 0.25}, {"step": 1, "accuracy": 0.5, "coin/accuracy": 0.5}]
+    assert fake.logged == [
+        (0, {"eval/accuracy": 0.25}),
+        (1, {"reward": 0.5}),
+        (1, {"eval/accuracy": 0.5, "eval/coin/accuracy": 0.5}),
+    ]
+
+
+def test_samples_with_nested_non_finite_values_are_strict_json(tmp_path):
+    log = RunLog(tmp_path, LoggingConfig(), {})
+    log.samples(2, [{"reward": {"total": math.nan, "components": [math.inf, 1.5]}, "text": "NaN"}])
+    line = (tmp_path / "samples.jsonl").read_text()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(line, parse_constant=refuse) == {
+        "step": 2,
+        "reward": {"total": None, "components": [None, 1.5]},
+        "text": "NaN",
+    }

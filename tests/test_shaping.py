@@ -1,4 +1,5 @@
-"""Reward shaping against hand-computed values: DAPO soft overlong edges, format, composition."""
+"""Reward shaping against hand-computed values: DAPO soft overlong edges, format, composition, and
+non-finite values (a NaN or inf score, component or weight) turned into errors or refused."""
 
 import pytest
 
@@ -8,11 +9,12 @@ from rewards.shaping import (
     LengthLimits,
     RewardConfig,
     compose_reward,
+    finite_or_error,
     format_reward,
     length_penalty,
     soft_overlong_punishment,
 )
-from rewards.types import VerifyResult
+from rewards.types import Reward, RewardComponent, VerifyResult
 
 
 @pytest.mark.parametrize(
@@ -180,3 +182,88 @@ def test_strip_thinking(text, expected):
 )
 def test_answer_line_needs_a_marker(text, expected):
     assert extract_answer_line(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "score", "problem"),
+    [
+        ("correct", float("nan"), "score: Input should be a finite number"),
+        ("incorrect", float("inf"), "score: Input should be a finite number"),
+        ("correct", float("-inf"), "score: Input should be a finite number"),
+        ("correct", 2.0, "score: Input should be less than or equal to 1"),
+    ],
+)
+def test_a_verdict_that_breaks_the_rules_is_an_error(status, score, problem):
+    # A verifier that skipped validation (model_construct) hands over a NaN, infinite or too large score.
+    verdict = VerifyResult.model_construct(status=status, score=score, reason="", decided_by="plugin")
+    reward = compose_reward(verdict, "x", 5, RewardConfig(), LIMITS)
+    reason = f"verifier: invalid result (status {status!r}, score {score}): {problem}"
+    assert not reward.valid and reward.status == "error" and reward.total == 0.0
+    assert reward.errors == [reason]
+    assert reward.verification == VerifyResult(status="error", score=0.0, reason=reason, decided_by="plugin")
+    assert set(reward.components) == {"correctness", "format", "overlong", "length"}  # still logged
+
+
+@pytest.mark.parametrize(("value", "shown"), [(float("nan"), "nan"), (float("-inf"), "-inf")])
+def test_a_non_finite_component_makes_the_reward_an_error(monkeypatch, value, shown):
+    import rewards.shaping as shaping
+
+    monkeypatch.setattr(shaping, "length_penalty", lambda length, max_length: value)  # a component gone wrong
+    reward = compose_reward(VerifyResult(status="correct", score=1.0), "x", 5, RewardConfig(length=0.1), LIMITS)
+    assert not reward.valid and reward.status == "error" and reward.total == 0.0
+    assert reward.errors == [f"length: the value {shown} is not a finite number"]
+    assert set(reward.components) == {"correctness", "format", "overlong"}  # the finite ones are still logged
+
+
+def test_finite_components_that_overflow_make_the_reward_an_error():
+    # correctness 1e308 x 1 + format 1e308 x 1 = 2e308, beyond the largest float: inf.
+    cfg = RewardConfig(correctness=1e308, format=1e308, format_rules=FormatRules(answer_line=True))
+    reward = compose_reward(VerifyResult(status="correct", score=1.0), "Answer: 4", 5, cfg, LIMITS)
+    assert not reward.valid and reward.status == "error"
+    assert reward.errors == ["total: inf is not a finite number"]
+
+
+def test_finite_or_error_guards_rewards_built_elsewhere():
+    # An environment that overrides score_batch can hand back any Reward.
+    verdict = VerifyResult(status="incorrect", score=0.0)
+    bad = Reward(
+        total=float("nan"),
+        components={"custom": RewardComponent(value=float("nan"), weight=1.0)},
+        status="incorrect",
+        valid=True,
+        verification=verdict,
+    )
+    checked = finite_or_error(bad)
+    assert (checked.valid, checked.status, checked.total) == (False, "error", 0.0)
+    assert checked.errors == ["custom: the value nan is not a finite number", "total: nan is not a finite number"]
+    good = Reward(total=0.5, components={}, status="incorrect", valid=True)
+    assert finite_or_error(good) is good
+    masked = Reward(total=0.0, components={}, status="timeout", valid=False)
+    assert finite_or_error(masked) is masked
+
+
+@pytest.mark.parametrize("weight", ["correctness", "format", "overlong", "length"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_reward_weights_must_be_finite(weight, value):
+    with pytest.raises(ValueError, match=f"{weight}\n.*a reward weight must be a finite number, got {value}"):
+        RewardConfig(**{weight: value})
+
+
+def test_a_non_finite_weight_in_a_config_file_names_the_key(tmp_path):
+    from envs.mixture import build_mixture
+    from grpopp_trainer.config import load_train_config
+    from grpopp_trainer.config_tools import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("envs:\n  - name: arithmetic\n    config: {reward: {correctness: .nan}}\n")
+    with pytest.raises(ConfigError) as error:
+        build_mixture(load_train_config(path).envs, seed=0)
+    assert str(error.value) == (
+        "env arithmetic: reward.correctness: a reward weight must be a finite number, got nan: a NaN or infinite "
+        "weight makes every reward NaN or infinite; give a number such as 1.0, or 0 to turn the component off"
+    )
+
+
+def test_a_non_finite_score_is_refused_by_validation():
+    with pytest.raises(ValueError, match="score\n  Input should be a finite number"):
+        VerifyResult(status="incorrect", score=float("nan"))

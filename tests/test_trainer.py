@@ -2,13 +2,19 @@
 
 Tier 2 and 3 of the house style: a step changes the parameters, rewards rise on a learnable task,
 dynamic sampling refills and stops, masked samples give no gradient, a non-finite loss is skipped,
-and a run killed with SIGKILL resumes with the same metrics as an uninterrupted one.
+non-finite rewards are masked as errors, a run killed with SIGKILL resumes with the same metrics as
+an uninterrupted one, a damaged checkpoint is skipped on resume, ``--steps`` extends a finished run
+as if it had been planned longer, and a run whose output is a file prints one line per step.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from rich.console import Console
 from safetensors.torch import load_file
 
 from envs.registry import load_plugin, registered_envs
@@ -33,6 +40,7 @@ from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
 from grpopp_trainer.trainer import Trainer
 
 PLUGIN = str(Path(__file__).parent / "plugins" / "coin_env.py")
+NAN_PLUGIN = str(Path(__file__).parent / "plugins" / "nan_env.py")
 GRPOPP = str(Path(sys.executable).with_name("grpopp"))
 TIMING_KEYS = ("time/", "tokens_per_second/")
 
@@ -41,6 +49,8 @@ TIMING_KEYS = ("time/", "tokens_per_second/")
 def coin_envs():
     if "coin" not in registered_envs():
         load_plugin(PLUGIN)
+    if "coin_nan" not in registered_envs():
+        load_plugin(NAN_PLUGIN)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +90,7 @@ def config_for(tmp_path, model_dir, name="run", **sections) -> TrainConfig:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    """Every line of metrics.jsonl: training steps and evaluations (keys eval/...)."""
+    """Every line of metrics.jsonl: one per training step."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -132,6 +142,8 @@ def test_dynamic_sampling_refills_the_batch(tmp_path, model_dir):
     assert m["groups"] == 4
     assert m["dynamic_sampling/rounds"] >= 2
     assert m["dynamic_sampling/zero_variance_fraction"] >= 0.4
+    # Round 1 asks for 4 prompts (x 4 completions), every later round for at least 1 more.
+    assert m["completions_generated"] >= 4 * (4 + 1) and m["completions_generated"] % 4 == 0
 
 
 def test_dynamic_sampling_stops_at_its_limit(tmp_path, model_dir):
@@ -285,7 +297,8 @@ def test_off_policy_updates_and_kl(tmp_path, model_dir):
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)} for row in rows]
+    """Metrics lines without wall-clock measurements (``time``, ``time/...``, ``tokens_per_second/...``)."""
+    return [{k: v for k, v in row.items() if k != "time" and not k.startswith(TIMING_KEYS)} for row in rows]
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, model_dir):
@@ -459,3 +472,187 @@ def test_model_attention_kernel_is_configurable(tmp_path, model_dir, kernel):
     config = config_for(tmp_path, model_dir, model={"name_or_path": str(model_dir), "attn_implementation": kernel})
     model, _ = load_model(config.model)
     assert model.config._attn_implementation == kernel
+
+
+def test_non_finite_scores_are_masked_as_errors(tmp_path, model_dir):
+    """coin_nan scores NaN or inf for completions that start with a digit or an upper-case letter:
+    training runs its 2 steps, and exactly those completions are counted as errors, logged with the
+    reason, and kept out of the advantages (the loss stays finite, every update is applied)."""
+    judged = registered_envs()["coin_nan"].judged
+    judged.clear()
+    config = config_for(tmp_path, model_dir, envs=[{"name": "coin_nan"}], logging={"samples_per_step": 1000})
+    summary = train(config)
+    rows = step_metrics(summary.run_dir)
+    expected_errors = sum(1 for text in judged if text[:1].isdigit() or text[:1].isupper())
+    assert summary.steps == 2 and [m["step"] for m in rows] == [1, 2]
+    assert expected_errors > 0  # the test bites: some completions did get a NaN or inf score
+    assert sum(m["completions_generated"] for m in rows) == len(judged)
+    assert sum(round(m["masked/error"] * m["completions_generated"]) for m in rows) == expected_errors
+    assert all(m["skipped_update"] == 0.0 and m["grad_norm"] > 0 and m["loss"] is not None for m in rows)
+    samples = [json.loads(line) for line in (summary.run_dir / "samples.jsonl").read_text().splitlines()]
+    errors = [r for r in samples if r["reward"]["status"] == "error"]
+    assert len(errors) == expected_errors  # every masked sample is on record, with its reason
+    for record in errors:
+        score = "nan" if record["completion"][:1].isdigit() else "inf"
+        reason = f"verifier: invalid result (status 'correct', score {score}): score: Input should be a finite number"
+        assert record["reward"]["valid"] is False and record["reward"]["errors"] == [reason]
+        assert record["verification"] == {
+            "status": "error",
+            "score": 0.0,
+            "reason": reason,
+            "decided_by": "coin_nan",
+            "extracted": None,
+        }
+    assert all(r["reward"]["valid"] for r in samples if r not in errors)
+
+
+def test_resume_skips_a_truncated_checkpoint_and_matches_the_uninterrupted_run(tmp_path, model_dir):
+    summary = train(config_for(tmp_path, model_dir, steps=3))
+    run = summary.run_dir
+    straight_metrics, straight_eval = metrics(run), (run / "eval.jsonl").read_text()
+    straight_weights = {k: v.clone() for k, v in weights(run / "checkpoints" / "step-000003").items()}  # not mmap
+    model_file = run / "checkpoints" / "step-000003" / "model.safetensors"
+    size = model_file.stat().st_size
+    model_file.write_bytes(model_file.read_bytes()[: size // 2])  # a disk that filled up mid-write
+    output = io.StringIO()
+    resumed = train(None, resume=run, console=Console(file=output, width=100))
+    printed = " ".join(output.getvalue().split())
+    assert (
+        f"warning: skipped checkpoint {run / 'checkpoints' / 'step-000003'}: model.safetensors has {size // 2} "
+        f"bytes where the manifest records {size} (cut short or overwritten); resuming from step-000002, the "
+        "newest complete one" in printed
+    )
+    assert f"resumed from {run / 'checkpoints' / 'step-000002'} at step 2" in printed
+    assert resumed.steps == 3
+    assert comparable(metrics(run)) == comparable(straight_metrics)  # step 3 again, as it was
+    assert (run / "eval.jsonl").read_text() == straight_eval
+    assert all(torch.equal(a, straight_weights[k]) for k, a in weights(run / "checkpoints" / "step-000003").items())
+    times = [m["time"] for m in metrics(run)]
+    assert 0 < times[0] < times[1] < times[2]  # the resumed step continues the run's clock
+
+
+def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path, model_dir):
+    run = train(config_for(tmp_path, model_dir, steps=1)).run_dir
+    state = run / "checkpoints" / "step-000001" / "trainer_state.pt"
+    size = state.stat().st_size
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ConfigError) as error:
+        train(None, resume=run)
+    assert str(error.value) == (
+        f"--resume {run}: no complete checkpoint to resume from: every checkpoint fails its check (step-000001: "
+        f"trainer_state.pt has 100 bytes where the manifest records {size} (cut short or overwritten)). Start a new "
+        "run (set checkpoint.every to save during training), or restore an intact copy of a checkpoint folder"
+    )
+
+
+def test_steps_extends_a_finished_run_as_if_it_had_been_planned_longer(tmp_path, model_dir):
+    # The constant learning rate (the default) makes 2 steps + 2 more the same run as 4 steps at once.
+    short = train(config_for(tmp_path, model_dir, name="short", steps=2)).run_dir
+    straight = train(config_for(tmp_path, model_dir, name="straight", steps=4)).run_dir
+    extended = train(None, resume=short, steps=4)
+    assert extended.steps == 4
+    assert yaml.safe_load((short / "config.yaml").read_text())["steps"] == 4
+    assert comparable(metrics(short)) == comparable(metrics(straight))
+    final = "checkpoints/step-000004"
+    assert all(torch.equal(a, weights(straight / final)[k]) for k, a in weights(short / final).items())
+    evals = [json.loads(line)["step"] for line in (short / "eval.jsonl").read_text().splitlines()]
+    assert evals == [0, 2, 4]  # the evaluation that ended the 2-step run stays on record
+    with pytest.raises(ConfigError, match="--steps 3: the run resumes at step 4 .* give at least 4"):
+        train(None, resume=short, steps=3)
+
+
+def test_steps_extension_follows_the_longer_schedule(tmp_path, model_dir):
+    """Cosine over 2 optimizer steps, extended to 4: steps 1-2 ran at lr x (1, 0.5), and steps 3-4 take
+    the 4-step schedule's factors 0.5 (1 + cos(pi 2/4)) = 0.5 and 0.5 (1 + cos(pi 3/4)) = 0.146447."""
+    short = train(config_for(tmp_path, model_dir, steps=2, optim={"lr": 1e-2, "schedule": "cosine"})).run_dir
+    train(None, resume=short, steps=4)
+    lrs = [m["lr"] for m in metrics(short)]
+    assert lrs == pytest.approx([1e-2, 5e-3, 5e-3, 1.4644661e-3], rel=1e-6)
+
+
+def test_metrics_have_one_line_per_step_with_time_and_completions_generated(tmp_path, model_dir):
+    no_dynamic_sampling = {"preset": "grpopp", "dynamic_sampling": {"enabled": False}}
+    config = config_for(
+        tmp_path, model_dir, steps=3, eval={"every": 1, "tasks_per_env": 8}, algorithm=no_dynamic_sampling
+    )
+    run = train(config).run_dir
+    rows = metrics(run)
+    assert [m["step"] for m in rows] == [1, 2, 3]  # evaluations add no line of their own
+    assert all(not any(key.startswith("eval/") for key in m) for m in rows)
+    assert [m["completions_generated"] for m in rows] == [16, 16, 16]  # 4 prompts x 4 completions, one round
+    assert 0 < rows[0]["time"] < rows[1]["time"] < rows[2]["time"]
+    for before, row in itertools.pairwise(rows):  # a step's own time is part of the time since the step before
+        assert 0 < row["time/step"] <= row["time"] - before["time"]
+    evals = [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert evals == [0, 1, 2, 3]  # before training, every step, after training
+
+
+STEP_LINE = re.compile(r"^step (\d+)/(\d+)  reward \S+  acc \S+  len \S+  entropy \S+  \d+\.\d\d s/step  ETA \S+$")
+
+
+def test_cli_without_a_terminal_prints_a_line_per_step_and_extends_with_steps(tmp_path, model_dir):
+    """stdout is a pipe here, as under nohup or SLURM: one plain line per step and per evaluation, no
+    transformers progress bars or deprecation warnings; then ``--resume --steps`` adds a step, and a
+    run whose checkpoints are all damaged is refused with exit code 2."""
+    run = tmp_path / "cli"
+    config = write_config(tmp_path, model_dir, run, eval={"every": 1, "tasks_per_env": 8}, logging={"progress": True})
+    first = subprocess.run(
+        [GRPOPP, "train", "--plugin", PLUGIN, "--config", str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert [STEP_LINE.match(line).groups() for line in lines if line.startswith("step ")] == [("1", "2"), ("2", "2")]
+    assert [line.split(":")[0] for line in lines if line.startswith("held-out accuracy ")] == [
+        "held-out accuracy before training",
+        "held-out accuracy at step 1",
+        "held-out accuracy after training",
+    ]
+    for noise in ("Writing model shards", "Loading weights", "past_key_values", "Traceback"):
+        assert noise not in first.stdout + first.stderr
+    extended = subprocess.run(
+        [GRPOPP, "train", "--resume", str(run), "--steps", "3"], capture_output=True, text=True, timeout=300
+    )
+    assert extended.returncode == 0, extended.stderr
+    step_lines = [line for line in extended.stdout.splitlines() if line.startswith("step ")]
+    assert len(step_lines) == 1 and step_lines[0].startswith("step 3/3  reward")
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+    for folder in (run / "checkpoints").iterdir():
+        (folder / "model.safetensors").write_bytes(b"")
+    refused = subprocess.run([GRPOPP, "train", "--resume", str(run)], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "no complete checkpoint to resume from" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_run_from_before_manifests_resumes_with_a_warning(tmp_path, model_dir):
+    run = train(config_for(tmp_path, model_dir, steps=2)).run_dir
+    for folder in (run / "checkpoints").iterdir():
+        (folder / "manifest.json").unlink()  # as grpopp wrote checkpoints before manifests
+    output = io.StringIO()
+    train(None, resume=run, console=Console(file=output, width=100), steps=3)
+    printed = " ".join(output.getvalue().split())
+    assert (
+        f"warning: {run / 'checkpoints' / 'step-000002'} has no manifest.json (written by an older grpopp): only "
+        "checked that trainer_state.pt and the .safetensors files are whole" in printed
+    )
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+    assert (run / "checkpoints" / "step-000003" / "manifest.json").is_file()
+
+
+def test_evaluation_off_trains_without_held_out_passes(tmp_path, model_dir):
+    """eval.tasks_per_env = 0: no evaluation before, during or after training (eval.jsonl stays empty,
+    the summary has no accuracy), and the steps still train."""
+    summary = train(config_for(tmp_path, model_dir, steps=2, eval={"tasks_per_env": 0}))
+    eval_log = summary.run_dir / "eval.jsonl"
+    assert not eval_log.exists() or eval_log.read_text() == ""
+    assert math.isnan(summary.accuracy_before) and math.isnan(summary.accuracy_after)
+    assert [row["step"] for row in step_metrics(summary.run_dir)] == [1, 2]
+
+
+def test_weight_zero_reward_components_are_logged_apart(tmp_path, model_dir):
+    """The grpopp preset's shaping: correctness weight 1, format and length weight 0 by default, the
+    overlong term weighted by the preset: weight-0 components go under reward_inactive/."""
+    summary = train(config_for(tmp_path, model_dir, steps=1))
+    (row,) = step_metrics(summary.run_dir)
+    assert "coin/reward/correctness" in row
+    assert {"coin/reward_inactive/format", "coin/reward_inactive/length"} <= set(row)
+    assert "coin/reward/format" not in row and "coin/reward/length" not in row

@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,6 +51,19 @@ class _RowResult:
     logprobs: list[float]
     stopped: bool
     """True when the row ended at EOS or a stop string, False when cut at max_new_tokens."""
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The name ``model.forward`` takes the KV cache by: ``cache`` since transformers 5.24, which
+    deprecates ``past_key_values`` (and warns on every run); older releases and remote-code models
+    know only ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache of a forward pass's output, under its current name (``cache``) or the old one."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -135,6 +149,7 @@ class HFEngine:
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # follows torch.manual_seed
         accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._last_logits_only: dict[str, int] = {"logits_to_keep": 1} if accepts_keep else {}
+        self._cache_keyword = cache_keyword(model)
 
     def sync_weights(self) -> None:
         """Nothing to do: the engine samples from the very model object the trainer optimises."""
@@ -176,11 +191,11 @@ class HFEngine:
             input_ids=input_ids,  # [B, P] at prefill, [B, 1] after
             attention_mask=attention_mask,  # [B, P + t]
             position_ids=position_ids,  # same shape as input_ids
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_keyword: cache},
             **self._last_logits_only,
         )
-        return out.logits[:, -1, :], out.past_key_values
+        return out.logits[:, -1, :], returned_cache(out)
 
     def _generate_chunk(self, rows: list[list[int]], params: SamplingParams) -> list[_RowResult]:
         """Decode one chunk of left-padded rows, one token per step, until all finish or max_new_tokens."""

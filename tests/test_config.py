@@ -1,0 +1,168 @@
+"""Training config resolution: YAML's `off`, evaluation switched off, presets chosen from the command line
+with the optimizer settings they carry, --env on top of a config file (shared with `grpopp eval`), and
+the format reward that needs a rule."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from envs.base import prompt_text
+from envs.mixture import build_mixture
+from grpopp_trainer.config import (
+    EvalConfig,
+    LoggingConfig,
+    OptimConfig,
+    load_train_config,
+    recipe_path,
+    resolve_train_config,
+)
+from grpopp_trainer.config_tools import ConfigError
+from grpopp_trainer.eval_job import resolve_job
+from grpopp_trainer.evaluate import EvalSettings
+from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV
+from rewards.shaping import FormatRules, RewardConfig, format_reward
+
+RECIPE = yaml.safe_load(recipe_path("tiny-arithmetic").read_text())
+"""The shipped recipe as YAML reads it, independently of the config code."""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- YAML's `off` and evaluation off
+
+
+def test_yaml_off_is_read_as_false_and_accepted_as_tis_off(tmp_path):
+    assert yaml.safe_load("tis: off") == {"tis": False}  # YAML 1.1: the reason for the validator
+    config = load_train_config(write(tmp_path, "algorithm:\n  preset: grpopp\n  loss: {tis: off}\n"))
+    assert config.algorithm.loss.tis == "off"
+    config = load_train_config(write(tmp_path, "algorithm: {preset: grpopp, tis: off}\n"))  # short name
+    assert config.algorithm.loss.tis == "off"
+    assert load_train_config(overrides=["algorithm.tis=false"]).algorithm.loss.tis == "off"
+    with pytest.raises(ConfigError, match=r"algorithm.loss.tis: Input should be 'off', .* \(got True\)"):
+        load_train_config(write(tmp_path, "algorithm: {preset: grpopp, tis: on}\n"))
+
+
+def test_eval_tasks_per_env_zero_turns_evaluation_off(tmp_path):
+    config = load_train_config(write(tmp_path, "eval: {tasks_per_env: 0}\n"))
+    assert config.eval.tasks_per_env == 0 and config.eval.enabled is False
+    assert EvalConfig().enabled is True  # default: 200 tasks per environment
+    message = "eval: every=5 asks for evaluations during training but tasks_per_env=0 turns evaluation off: set every=0"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_train_config(write(tmp_path, "eval: {tasks_per_env: 0, every: 5}\n"))
+    with pytest.raises(ConfigError, match="eval.tasks_per_env: Input should be greater than or equal to 0"):
+        load_train_config(overrides=["eval.tasks_per_env=-1"])
+
+
+def test_logging_print_every():
+    assert LoggingConfig().print_every == 10
+    assert LoggingConfig(print_every=0).print_every == 0
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        LoggingConfig(print_every=-1)
+
+
+# ---------------------------------------------------------------- presets and their optimizer settings
+
+TRL_OPTIM = {"betas": (0.9, 0.999), "schedule": "linear", "min_lr_ratio": 0.0, "weight_decay": 0.0, "warmup_steps": 0}
+"""transformers' TrainingArguments defaults that TRL's GRPOTrainer trains with (adam_beta1/2,
+lr_scheduler_type, weight_decay, warmup_steps); see tests/test_algorithms.py for the check against
+the installed transformers."""
+
+
+def _optim(config):
+    return {key: getattr(config.optim, key) for key in TRL_OPTIM}
+
+
+def test_trl_dapo_in_one_line_of_a_config_file_brings_trls_optimizer(tmp_path):
+    config = load_train_config(write(tmp_path, "algorithm: {preset: trl_dapo}\nenvs: [{name: arithmetic}]\n"))
+    assert config.algorithm.name == "trl_dapo"
+    assert _optim(config) == TRL_OPTIM
+    assert config.optim.lr == 1e-6  # GRPOConfig.learning_rate
+    assert OptimConfig().betas == (0.9, 0.99)  # what grpopp's own presets keep
+
+
+def test_the_files_own_optim_values_win_over_the_presets(tmp_path):
+    text = "algorithm: trl_dapo\noptim: {lr: 3.0e-6, betas: [0.9, 0.95]}\n"
+    config = load_train_config(write(tmp_path, text))
+    assert config.optim.lr == 3e-6 and config.optim.betas == (0.9, 0.95)
+    assert config.optim.schedule == "linear"  # not set in the file: the preset's
+
+
+def test_set_algorithm_preset_on_the_recipe(tmp_path):
+    config = load_train_config(overrides=["algorithm.preset=trl_dapo"])
+    assert config.algorithm.name == "trl_dapo"
+    assert config.algorithm.loss.tis == "sequence_mask" and config.algorithm.loss.eps_high == 0.2
+    assert not config.algorithm.dynamic_sampling.enabled and not config.algorithm.overlong.soft_punishment
+    assert _optim(config) == TRL_OPTIM
+    assert config.optim.lr == RECIPE["optim"]["lr"] == 1e-4  # the recipe sets its lr: it stays
+    # the file's algorithm overrides apply to the preset chosen on the command line
+    path = write(tmp_path, "algorithm: {preset: grpopp, loss: {eps_high: 0.3}}\n")
+    config = load_train_config(path, overrides=["algorithm.preset=trl_dapo"])
+    assert (config.algorithm.name, config.algorithm.loss.eps_high) == ("trl_dapo + overrides", 0.3)
+    assert config.algorithm.loss.tis == "sequence_mask"
+    config = load_train_config(overrides=["algorithm.preset=trl_dapo", "algorithm.eps_high=0.28"])
+    assert (config.algorithm.name, config.algorithm.loss.eps_high) == ("trl_dapo + overrides", 0.28)
+    with pytest.raises(ConfigError, match="unknown preset 'trl'; known: grpo, dapo"):
+        load_train_config(overrides=["algorithm.preset=trl"])
+
+
+# ---------------------------------------------------------------- --env on top of a config file
+
+
+def test_env_flags_keep_the_files_options_and_set_only_the_weight():
+    resolved = resolve_train_config(envs=["arithmetic:0.5", "countdown:0.5"])
+    arithmetic, countdown = resolved.config.envs
+    assert (arithmetic.name, arithmetic.weight) == ("arithmetic", 0.5)
+    assert arithmetic.config == RECIPE["envs"][0]["config"] == TINY_ARITHMETIC_ENV  # what the warm start taught
+    assert (countdown.name, countdown.weight, countdown.config) == ("countdown", 0.5, {})
+    assert resolved.notes == ["--env countdown: not in the config file: using its default options"]
+    # the prompt format is the recipe's ("37 + 18="), not the environment's default
+    mixture = build_mixture(resolved.config.envs)
+    task = mixture.envs[0].task(0)
+    assert re.fullmatch(r"\d+ [+-] \d+=", prompt_text(task)), prompt_text(task)
+
+
+def test_env_flags_choose_the_environments_of_a_mixture(tmp_path):
+    text = (
+        "envs:\n  - {name: arithmetic, weight: 0.7, config: {max_operand: 99}}\n"
+        "  - {name: countdown, weight: 0.3, config: {num_numbers: 4}}\n"
+    )
+    resolved = resolve_train_config(write(tmp_path, text), envs=["countdown"])
+    assert [(e.name, e.weight, e.config) for e in resolved.config.envs] == [("countdown", 1.0, {"num_numbers": 4})]
+    assert resolved.notes == []
+    assert load_train_config(write(tmp_path, text)).envs[1].weight == 0.3  # without --env: the file's list
+
+
+def test_train_and_eval_resolve_an_env_flag_the_same_way():
+    train = resolve_train_config(envs=["arithmetic:2"]).config
+    base = load_train_config()  # what `grpopp eval tiny` starts from
+    job = resolve_job(base, ["arithmetic:4"], 100, EvalSettings(), True, None, None)
+    assert (job.envs[0].name, job.envs[0].tasks) == ("arithmetic", 4)
+    assert job.envs[0].config == train.envs[0].config == TINY_ARITHMETIC_ENV
+    job = resolve_job(base, ["countdown:3"], 100, EvalSettings(), True, None, None)
+    assert job.envs[0].config == resolve_train_config(envs=["countdown"]).config.envs[0].config == {}
+
+
+# ---------------------------------------------------------------- the format reward needs a rule
+
+
+def test_a_format_weight_without_a_rule_is_refused_with_the_fix(tmp_path):
+    assert format_reward("banana", FormatRules()) == 1.0  # the trap: no rule on, any text "follows" them
+    with pytest.raises(
+        ValueError, match=r"format=0.1 with no format rule rewards any text.*format_rules: \{answer_line"
+    ):
+        RewardConfig(format=0.1)
+    config = load_train_config(write(tmp_path, "envs: [{name: countdown, config: {reward: {format: 0.1}}}]\n"))
+    with pytest.raises(ConfigError, match="env countdown: reward: format=0.1 with no format rule"):
+        build_mixture(config.envs)
+    fixed = RewardConfig(format=0.1, format_rules=FormatRules(answer_line=True))
+    assert format_reward("banana", fixed.format_rules) == 0.0
+    assert format_reward("work\nAnswer: 7", fixed.format_rules) == 1.0
+    assert RewardConfig(format=0.0).format == 0.0  # no weight, no rule needed
+    for rule in ("think", "boxed", "answer_line"):  # any one rule is enough
+        assert RewardConfig(format=0.2, format_rules=FormatRules(**{rule: True})).format == 0.2
