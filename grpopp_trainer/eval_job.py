@@ -123,7 +123,7 @@ def resolve_targets(targets: list[str], which: str) -> list[Checkpoint]:
         if is_run_dir(run_dir):
             config = load_run_config(run_dir)
             checkpoints = _choose(ckpt.list_checkpoints(run_dir), every, target)
-            found += [Checkpoint(str(c), int(c.name.removeprefix(ckpt.PREFIX)), config) for c in checkpoints]
+            found += [Checkpoint(str(c), ckpt.step_of(c), config) for c in checkpoints]
         else:
             check_model_source(target, "eval target", also="a run directory (with config.yaml), ")
             config = load_train_config()
@@ -159,7 +159,7 @@ def _choose(checkpoints: list[Path], every: int | None, target: str) -> list[Pat
         raise ConfigError(f"{target}: the run has no complete checkpoint to evaluate (set checkpoint.every)")
     if every is None:
         return checkpoints[-1:]
-    chosen = [c for c in checkpoints if int(c.name.removeprefix(ckpt.PREFIX)) % every == 0]
+    chosen = [c for c in checkpoints if ckpt.step_of(c) % every == 0]
     return chosen or checkpoints[-1:]
 
 
@@ -235,10 +235,11 @@ def run_eval(
 
     checkpoints = resolve_targets(targets, which)  # 1.
     jobs = [job_for(point.config) for point in checkpoints]
+    keys = [job.model_dump_json() for job in jobs]  # jobs that are equal share their environments
     envs_of: dict[str, dict[str, Environment[Any]]] = {}
-    for job in jobs:
-        if job.model_dump_json() not in envs_of:
-            envs_of[job.model_dump_json()] = build_envs(job)
+    for key, job in zip(keys, jobs, strict=True):
+        if key not in envs_of:
+            envs_of[key] = build_envs(job)
     for point in checkpoints:
         resolve_device(point.config.device)
     verify_checkpoints(checkpoints)  # last: it reads every file of every checkpoint
@@ -249,8 +250,8 @@ def run_eval(
         raise ConfigError(f"--out {out}: a file is there; give a folder for results.json and samples.jsonl")
     results: dict[str, Any] = {"versions": _versions(), "checkpoints": []}
     with _new_files(out, [SAMPLES_FILE, RESULTS_FILE, *(extra_files or {})]) as staged:  # 2.
-        for point, job in zip(checkpoints, jobs, strict=True):  # 3.
-            results.setdefault("config", json.loads(job.model_dump_json()))
+        for point, job, key in zip(checkpoints, jobs, keys, strict=True):  # 3.
+            results.setdefault("config", json.loads(key))
             config = point.config
             torch.manual_seed(job.settings.seed)
             source = model_source(config.model, point.path if point.step is not None else None)
@@ -259,7 +260,7 @@ def run_eval(
             engine = make_engine(config, model, tokenizer, source)
             try:
                 tasks = {e.name: e.tasks for e in job.envs}
-                envs = envs_of[job.model_dump_json()]
+                envs = envs_of[key]
                 total = sum(tasks.values())
                 with Ticker(f"evaluating {point.path}", total, console=_PROGRESS_CONSOLE) as ticker:
                     run = evaluate_engine(
@@ -273,7 +274,7 @@ def run_eval(
                     "step": point.step,
                     "envs": run.per_env,
                     "overall": run.overall,
-                    "config": json.loads(job.model_dump_json()),  # targets may differ (e.g. two runs)
+                    "config": json.loads(key),  # targets may differ (e.g. two runs)
                 }
             )
             _append_samples(staged[SAMPLES_FILE], point, run)

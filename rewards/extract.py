@@ -139,7 +139,12 @@ extract_boxed = _text_of(find_boxed)
 extract_answer_line = _text_of(find_answer_line)
 extract_last_number = _text_of(find_last_number)
 extract_answer_tag = _text_of(find_answer_tag)
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {name: _text_of(finder) for name, finder in FINDERS.items()}
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "answer_tag": extract_answer_tag,
+    "boxed": extract_boxed,
+    "answer_line": extract_answer_line,
+    "last_number": extract_last_number,
+}
 
 
 def rank_answers(text: str, methods: Sequence[str]) -> list[tuple[str, Found]]:

@@ -207,6 +207,13 @@ def refresh_tied_modules(model: torch.nn.Module) -> list[str]:
     return refreshed
 
 
+def resolved_sleep_level(settings: VLLMSettings, on_cpu: bool) -> int:
+    """The sleep level: the setting, or 2 on a GPU and 0 on vLLM's CPU platform, which has no sleep mode (6.)."""
+    if settings.sleep_level is not None:
+        return settings.sleep_level
+    return 0 if on_cpu else 2
+
+
 def probe_tolerance(settings: VLLMSettings, dtype: torch.dtype) -> float:
     """The probe's largest accepted mean gap: the setting, or the default for vLLM's dtype."""
     if settings.probe_tolerance is not None:
@@ -278,7 +285,7 @@ class VLLMEngine:
         self.make_sampling_params: Callable[..., Any] = loaded.make_sampling_params
         self._shutdown: Callable[[], None] | None = loaded.shutdown
         on_cpu = loaded.on_cpu
-        self.sleep_level = settings.sleep_level if settings.sleep_level is not None else (0 if on_cpu else 2)
+        self.sleep_level = resolved_sleep_level(settings, on_cpu)
         self.probe_tolerance = probe_tolerance(settings, self.dtype)
         self.probe_sequences = [list(tokenizer.encode(text)) for text in PROBE_TEXTS]
         self.last_probe: dict[str, float] = {}
@@ -423,7 +430,7 @@ def _load_vllm(
             f"vLLM runs on {where} but the learner's model is on {learner_device}: the weights are handed over "
             "in place, so both must be on one device; set device to match, or install the vLLM build for it"
         )
-    sleep_level = settings.sleep_level if settings.sleep_level is not None else (0 if on_cpu else 2)
+    sleep_level = resolved_sleep_level(settings, on_cpu)
     if on_cpu and sleep_level > 0:
         raise RuntimeError(
             f"rollout.vllm.sleep_level={sleep_level}: vLLM's CPU platform has no sleep mode; set it to 0 (or leave "
