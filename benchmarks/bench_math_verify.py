@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rewards.math_verify_pool import MathVerifier, MathVerifyConfig
+from grpopp.rewards.math_verify_pool import MathVerifier, MathVerifyConfig
 
 Pair = tuple[str, str]
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rewards.sandbox import Job, Sandbox, SandboxConfig
+from grpopp.rewards.sandbox import Job, Sandbox, SandboxConfig
 
 TRIVIAL = "pass\n"
 DOUBLE = "print(int(input()) * 2)\n"

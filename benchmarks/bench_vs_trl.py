@@ -2,7 +2,7 @@
 
 What is compared, and how:
 
-1. Same starting model: the cached tiny model of ``grpopp_trainer.tiny.load_or_create_tiny_model()``
+1. Same starting model: the cached tiny model of ``grpopp.recipes.tiny.load_or_create_tiny_model()``
    (built before anything is timed).
 2. Same task: ``arithmetic`` with ``TINY_ARITHMETIC_ENV``; both trainers read train-split tasks 0, 1, 2, ...
    in order (TRL: a dataset of those prompts, ``shuffle_dataset=False``); same reward, 1 if
@@ -110,8 +110,8 @@ class WorkerResult:
 
 
 def make_env() -> Any:
-    from envs.registry import make_env as registry_make_env
-    from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV
+    from grpopp.envs.registry import make_env as registry_make_env
+    from grpopp.recipes.tiny import TINY_ARITHMETIC_ENV
 
     return registry_make_env("arithmetic", **TINY_ARITHMETIC_ENV)
 
@@ -121,8 +121,8 @@ def held_out_accuracy(model_dir: str | Path) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grpopp_trainer.rollout.base import SamplingParams
-    from grpopp_trainer.rollout.hf import HFEngine
+    from grpopp.rollout.base import SamplingParams
+    from grpopp.rollout.hf import HFEngine
 
     env = make_env()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -145,7 +145,7 @@ def accuracy_gap(ours: list[float], theirs: list[float]) -> tuple[float, float]:
 
 def recipe_attention() -> str:
     """The attention kernel of grpopp's recipe, which TRL's model gets too (one kernel for both)."""
-    from grpopp_trainer.config import load_train_config
+    from grpopp.training.config import load_train_config
 
     return load_train_config().model.attn_implementation or "sdpa"
 
@@ -184,20 +184,20 @@ def profile_summary(profiler: Any, wanted: dict[str, tuple[str, str]], total: fl
 
 
 GRPOPP_PROFILE = {
-    "Trainer.train_step": ("grpopp_trainer/trainer.py", "train_step"),
-    "HFEngine.generate": ("grpopp_trainer/rollout/hf.py", "generate"),
-    "HFEngine._forward (model calls)": ("grpopp_trainer/rollout/hf.py", "_forward"),
-    "sample_next_tokens": ("grpopp_trainer/rollout/hf.py", "sample_next_tokens"),
-    "HFEngine._completion (decode)": ("grpopp_trainer/rollout/hf.py", "_completion"),
-    "score_groups": ("grpopp_trainer/batch.py", "score_groups"),
-    "Trainer.update": ("grpopp_trainer/trainer.py", "update"),
-    "completion_logprobs (forward)": ("grpopp_trainer/policy.py", "completion_logprobs"),
-    "policy_loss": ("grpopp_trainer/losses.py", "policy_loss"),
+    "Trainer.train_step": ("grpopp/trainer.py", "train_step"),
+    "HFEngine.generate": ("grpopp/rollout/hf.py", "generate"),
+    "HFEngine._forward (model calls)": ("grpopp/rollout/hf.py", "_forward"),
+    "sample_next_tokens": ("grpopp/rollout/hf.py", "sample_next_tokens"),
+    "HFEngine._completion (decode)": ("grpopp/rollout/hf.py", "_completion"),
+    "score_groups": ("grpopp/batch.py", "score_groups"),
+    "Trainer.update": ("grpopp/trainer.py", "update"),
+    "completion_logprobs (forward)": ("grpopp/policy.py", "completion_logprobs"),
+    "policy_loss": ("grpopp/losses.py", "policy_loss"),
     "Tensor.backward": ("torch/_tensor.py", "backward"),
-    "Policy.step (clip + AdamW)": ("grpopp_trainer/policy.py", "step"),
-    "Trainer._step_metrics": ("grpopp_trainer/trainer.py", "_step_metrics"),
-    "RunLog.metrics + samples": ("grpopp_trainer/run_log.py", "_append"),
-    "Trainer.save (final checkpoint, in the loop)": ("grpopp_trainer/trainer.py", "save"),
+    "Policy.step (clip + AdamW)": ("grpopp/policy.py", "step"),
+    "Trainer._step_metrics": ("grpopp/trainer.py", "_step_metrics"),
+    "RunLog.metrics + samples": ("grpopp/run_log.py", "_append"),
+    "Trainer.save (final checkpoint, in the loop)": ("grpopp/trainer.py", "save"),
 }
 
 
@@ -206,10 +206,10 @@ def run_grpopp(args: argparse.Namespace) -> WorkerResult:
 
     import torch
 
-    from grpopp_trainer import checkpoint as ckpt
-    from grpopp_trainer import run as grpopp_run
-    from grpopp_trainer.config import load_train_config
-    from grpopp_trainer.trainer import Trainer
+    from grpopp.jobs import run as grpopp_run
+    from grpopp.learner import checkpoint as ckpt
+    from grpopp.training.config import load_train_config
+    from grpopp.training.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     out = Path(args.worker_out)
@@ -594,7 +594,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main_orchestrate(args: argparse.Namespace) -> None:
-    from grpopp_trainer.tiny import load_or_create_tiny_model
+    from grpopp.recipes.tiny import load_or_create_tiny_model
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import envs
-from envs.base import Environment, Task
-from envs.registry import make_env
+import grpopp.envs
+from grpopp.envs.base import Environment, Task
+from grpopp.envs.registry import make_env
 
 TEST_TASKS = 200
 TRAIN_TASKS = 5_000
@@ -42,7 +42,7 @@ TINY_ARITHMETIC = {
     "prompt_template": "{expression}=",
     "extraction": ["last_number"],
 }
-"""The tiny recipe's options (grpopp_trainer/recipes/tiny-arithmetic.yaml)."""
+"""The tiny recipe's options (grpopp/recipes/tiny-arithmetic.yaml)."""
 
 
 def prompt_text(task: Task) -> str:
@@ -92,7 +92,7 @@ def measure(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def cases(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, environment, options) of every measured case."""
-    data = Path(str(resources.files("envs") / "data"))
+    data = Path(str(resources.files("grpopp.envs") / "data"))
     partial: dict[str, Path] = {}
     for sample in ("gsm8k_sample.jsonl", "code_sample.jsonl"):
         rows = (data / sample).read_text(encoding="utf-8").splitlines()
@@ -129,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per case instead of a table")
     args = parser.parse_args()
-    print(f"envs from {Path(envs.__file__).parent}")
+    print(f"envs from {Path(grpopp.envs.__file__).parent}")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [(label, measure(name, options)) for label, name, options in cases(Path(tmp))]
     if args.json:

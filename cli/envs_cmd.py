@@ -14,14 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cli.errors import fail, user_errors
-from cli.plugins import PluginOption, load_plugins
-from envs.base import Environment, Split, Task, prompt_text
-from envs.check import CONTENT_TASKS, check_env
-from envs.mixture import EnvSpec, build_mixture, parse_env_arg
-from envs.registry import env_class, make_env, registered_envs
-from grpopp_trainer.config_tools import ConfigError, UserError, apply_overrides, load_config_file, validate_config
-from rewards.shaping import LengthLimits
+from grpopp.cli.errors import fail, user_errors
+from grpopp.cli.plugins import PluginOption, load_plugins
+from grpopp.config_tools import ConfigError, UserError, apply_overrides, load_config_file, validate_config
+from grpopp.envs.base import Environment, Split, Task, prompt_text
+from grpopp.envs.check import CONTENT_TASKS, check_env
+from grpopp.envs.mixture import EnvSpec, build_mixture, parse_env_arg
+from grpopp.envs.registry import env_class, make_env, registered_envs
+from grpopp.rewards.shaping import LengthLimits
 
 envs_app = typer.Typer(help="Environments: list, show options, sample tasks, check the contract.", no_args_is_help=True)
 console = Console()

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from grpopp_trainer.config_tools import UserError
+from grpopp.config_tools import UserError
 
 error_console = Console(stderr=True)
 

@@ -1,6 +1,6 @@
 """``grpopp eval``: evaluate checkpoints with the training verifiers; ``grpopp eval reverify FILE``.
 
-A run directory brings the plugins it was made with (``cli.plugins``); the evaluation folder records
+A run directory brings the plugins it was made with (``grpopp.cli.plugins``); the evaluation folder records
 the plugins it used, so ``reverify`` loads them too.
 """
 
@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import fail, user_errors
-from cli.plugins import (
+from grpopp.cli.errors import fail, user_errors
+from grpopp.cli.plugins import (
     PLUGINS_FILE,
     PluginOption,
     PluginRecord,
@@ -24,11 +24,11 @@ from cli.plugins import (
     read_records,
     records_json,
 )
-from envs.registry import env_class
-from grpopp_trainer.config import TrainConfig, is_run_dir
-from grpopp_trainer.config_tools import UserError, validate_config
-from grpopp_trainer.eval_job import EvalJob, resolve_job, reverify, run_eval
-from grpopp_trainer.evaluate import EvalSettings
+from grpopp.config_tools import UserError, validate_config
+from grpopp.envs.registry import env_class
+from grpopp.evaluation.evaluate import EvalSettings
+from grpopp.jobs.eval_job import EvalJob, resolve_job, reverify, run_eval
+from grpopp.training.config import TrainConfig, is_run_dir
 
 console = Console()
 

@@ -25,14 +25,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.envs_cmd import envs_app, verify_command
-from cli.errors import error_console, user_errors
-from cli.eval_cmd import eval_command
-from cli.report_cmd import report_command
-from cli.sandbox_cmd import sandbox_app
-from cli.train_cmd import train_command
-from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, get_preset
-from grpopp_trainer.config_tools import apply_overrides
+from grpopp.cli.envs_cmd import envs_app, verify_command
+from grpopp.cli.errors import error_console, user_errors
+from grpopp.cli.eval_cmd import eval_command
+from grpopp.cli.report_cmd import report_command
+from grpopp.cli.sandbox_cmd import sandbox_app
+from grpopp.cli.train_cmd import train_command
+from grpopp.config_tools import apply_overrides
+from grpopp.objective.algorithms import PRESETS, AlgorithmConfig, get_preset
 
 app = typer.Typer(
     help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",

@@ -23,11 +23,11 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cli.errors import warn
-from envs.registry import RegistryError, load_plugin, registered_envs
-from grpopp_trainer import checkpoint as ckpt
-from grpopp_trainer.config import TrainConfig
-from grpopp_trainer.config_tools import UserError, format_validation_error
+from grpopp.cli.errors import warn
+from grpopp.config_tools import UserError, format_validation_error
+from grpopp.envs.registry import RegistryError, load_plugin, registered_envs
+from grpopp.learner import checkpoint as ckpt
+from grpopp.training.config import TrainConfig
 
 PLUGINS_FILE = "plugins.json"
 """The plugins a run (or an evaluation) was made with, in its folder."""
@@ -101,8 +101,8 @@ def record_in_new_run(config: TrainConfig, records: list[PluginRecord]) -> Train
     there. A directory that already holds a run is left alone (``run.train`` refuses it)."""
     if not records:
         return config
-    from grpopp_trainer.distributed import broadcast_object, init_distributed
-    from grpopp_trainer.run import new_run_dir
+    from grpopp.jobs.run import new_run_dir
+    from grpopp.learner.distributed import broadcast_object, init_distributed
 
     dist_info, _ = init_distributed(config.device)
     run_dir = broadcast_object(dist_info, new_run_dir(config))

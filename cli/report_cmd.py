@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.errors import user_errors
-from grpopp_trainer.report import write_report
+from grpopp.cli.errors import user_errors
+from grpopp.jobs.report import write_report
 
 console = Console()
 

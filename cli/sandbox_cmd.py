@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import fail, user_errors
-from grpopp_trainer.config_tools import UserError, format_validation_error
-from rewards.sandbox import Isolation, Sandbox, SandboxConfig, SandboxUnavailable, check_isolation
+from grpopp.cli.errors import fail, user_errors
+from grpopp.config_tools import UserError, format_validation_error
+from grpopp.rewards.sandbox import Isolation, Sandbox, SandboxConfig, SandboxUnavailable, check_isolation
 
 sandbox_app = typer.Typer(
     help="The code sandbox: run a program in it, check this machine's isolation.", no_args_is_help=True

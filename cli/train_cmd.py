@@ -3,7 +3,7 @@
 Before any model is loaded or anything is written: the config, every environment (options and data
 files), the model folder, the writers' packages (``logging.wandb``, ``logging.tensorboard``) and the
 device are checked, so a mistake fails in seconds with a message instead of after the model load.
-A new run made with ``--plugin`` records its plugins in the run directory (``cli.plugins``); a
+A new run made with ``--plugin`` records its plugins in the run directory (``grpopp.cli.plugins``); a
 resumed run loads them again by itself.
 """
 
@@ -18,12 +18,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import fail, user_errors
-from cli.plugins import PluginOption, load_plugins, load_recorded_plugins, record_in_new_run
-from envs.mixture import build_mixture
-from grpopp_trainer.config import RECIPES, TrainConfig, load_run_config, resolve_train_config
-from grpopp_trainer.config_tools import ConfigError, check_model_source
-from grpopp_trainer.distributed import close_distributed
+from grpopp.cli.errors import fail, user_errors
+from grpopp.cli.plugins import PluginOption, load_plugins, load_recorded_plugins, record_in_new_run
+from grpopp.config_tools import ConfigError, check_model_source
+from grpopp.envs.mixture import build_mixture
+from grpopp.learner.distributed import close_distributed
+from grpopp.training.config import RECIPES, TrainConfig, load_run_config, resolve_train_config
 
 console = Console()
 
@@ -85,7 +85,7 @@ def train_command(
     if dry_run:
         _print_resolved(resolved)
         return
-    from grpopp_trainer.run import resolve_device, train
+    from grpopp.jobs.run import resolve_device, train
 
     resolve_device(resolved.device)
     try:

@@ -5,7 +5,7 @@ reproducible. Difficulty knobs: number of operands, operand range, operators. Th
 exact integer, checked exactly (no tolerance, no symbolic math).
 
 Splits: the problem is the expression; it is a test problem when its hash falls in the test class
-(``envs.base.in_test_class``, share ``test_fraction``), and each task draws until it gets one of its
+(``grpopp.envs.base.in_test_class``, share ``test_fraction``), and each task draws until it gets one of its
 split's class, so no test expression is ever a train expression. A space of expressions too small
 to give each split ``MIN_SPLIT_PROBLEMS`` of them is refused when the config is built (counted
 exactly when it is small).
@@ -21,10 +21,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from envs.base import MIN_SPLIT_PROBLEMS, Environment, ProceduralConfig, Split, Task, in_test_class
-from envs.registry import register_env
-from rewards.extract import ExtractionMethod, extract_answer, strip_thinking
-from rewards.types import VerifyResult
+from grpopp.envs.base import MIN_SPLIT_PROBLEMS, Environment, ProceduralConfig, Split, Task, in_test_class
+from grpopp.envs.registry import register_env
+from grpopp.rewards.extract import ExtractionMethod, extract_answer, strip_thinking
+from grpopp.rewards.types import VerifyResult
 
 Operator = Literal["+", "-", "*"]
 

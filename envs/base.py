@@ -37,9 +37,9 @@ from typing import Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from grpopp_trainer.config_tools import ConfigError
-from rewards.shaping import LengthLimits, RewardConfig, compose_reward
-from rewards.types import Reward, VerifyResult
+from grpopp.config_tools import ConfigError
+from grpopp.rewards.shaping import LengthLimits, RewardConfig, compose_reward
+from grpopp.rewards.types import Reward, VerifyResult
 
 Split: TypeAlias = Literal["train", "test"]
 
@@ -221,7 +221,7 @@ class Environment(ABC, Generic[ConfigT]):
         if fraction is None:
             raise TypeError(
                 f"{self.name or type(self).__name__}: drawing problems by split needs a test_fraction: "
-                "make config_class subclass envs.base.ProceduralConfig"
+                "make config_class subclass grpopp.envs.base.ProceduralConfig"
             )
         budget = draw_budget(split, fraction)
         for candidate in itertools.islice(candidates, budget):

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.base import Environment, Split, Task, prompt_text
-from envs.registry import make_env
+from grpopp.envs.base import Environment, Split, Task, prompt_text
+from grpopp.envs.registry import make_env
 
 CONTENT_TASKS = 300
 """Tasks of each split compared by content: enough to meet a repeat in a space of a few thousand

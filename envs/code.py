@@ -12,7 +12,7 @@ Problems come from a local JSONL file in one of the common formats, detected per
   ``HumanEval.jsonl.gz`` loads as it is: files ending in ``.gz`` are read as gzip.
 
 The test code runs as written, in a trusted harness inside the sandbox that forwards each call of
-the function under test to a separate process holding the program (``rewards.code_judge``); at load
+the function under test to a separate process holding the program (``grpopp.rewards.code_judge``); at load
 time it is only parsed. The tests stay hidden: the prompt shows the problem, the function name and,
 for function tasks without starter code, one call's arguments (never an expected value).
 A hand-written sample of 31 problems ships in ``envs/data/code_sample.jsonl`` (with reference
@@ -20,13 +20,13 @@ solutions under the usual fields, never shown to the model), so the environment 
 
 Verification: the program is the last fenced code block of the completion (``python``-tagged
 blocks preferred; none: "unparseable"); it runs in the sandbox against every test
-(``rewards.sandbox``), judged outside it. Reward "all_pass" (1 when every test passes, else 0) or
+(``grpopp.rewards.sandbox``), judged outside it. Reward "all_pass" (1 when every test passes, else 0) or
 "fraction" (the share that passes); a crash, timeout or limit counts as a failed test. A sandbox
 that cannot start gives status "error": the sample is masked, never scored 0.
 
 Held-out split: a ``test_path`` when given (less the problems whose question is also a training
 question, dropped with a warning), else a fixed fraction of the problems chosen by a hash of the
-question, as ``envs.math_data`` does.
+question, as ``grpopp.envs.math_data`` does.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from envs.base import EnvConfig, Environment, Split, Task
-from envs.math_data import DataFileError, _held_out, _jsonl_rows, _without_train_questions
-from envs.registry import register_env
-from rewards.code_judge import (
+from grpopp.envs.base import EnvConfig, Environment, Split, Task
+from grpopp.envs.math_data import DataFileError, _held_out, _jsonl_rows, _without_train_questions
+from grpopp.envs.registry import register_env
+from grpopp.rewards.code_judge import (
     HiddenTests,
     InvalidTestsError,
     JudgePlan,
@@ -59,9 +59,9 @@ from rewards.code_judge import (
     mbpp_suite,
     plan_jobs,
 )
-from rewards.extract import strip_thinking
-from rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, SandboxUnavailable
-from rewards.types import VerifyResult
+from grpopp.rewards.extract import strip_thinking
+from grpopp.rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, SandboxUnavailable
+from grpopp.rewards.types import VerifyResult
 
 RewardMode = Literal["all_pass", "fraction"]
 _FENCE = re.compile(r"^```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -175,7 +175,7 @@ class CodeEnv(Environment[CodeConfig]):
 
     def _load(self) -> dict[Split, list[CodeProblem]]:
         cfg = self.config
-        sample = Path(str(resources.files("envs") / "data" / "code_sample.jsonl"))
+        sample = Path(str(resources.files("grpopp.envs") / "data" / "code_sample.jsonl"))
         source = Path(cfg.path) if cfg.path else sample
         train = self._read(source)
         test = self._read(Path(cfg.test_path)) if cfg.test_path else None

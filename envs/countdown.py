@@ -8,7 +8,7 @@ and evaluates exactly with fractions.
 
 Splits: the problem is the multiset of numbers with the target (``problem_key``: "3,7,25->46"; the
 same numbers in another order with the same target are the same problem); it is a test problem when
-its hash falls in the test class (``envs.base.in_test_class``, share ``test_fraction``), so no test
+its hash falls in the test class (``grpopp.envs.base.in_test_class``, share ``test_fraction``), so no test
 problem is ever a train problem. Options that allow fewer than 2 x ``MIN_SPLIT_PROBLEMS`` problems
 (counted generously: every multiset of numbers with every target) are refused when the config is
 built; ``make_env`` probes the rest (``Environment.check_split_space``).
@@ -25,10 +25,10 @@ from fractions import Fraction
 
 from pydantic import Field, model_validator
 
-from envs.base import MIN_SPLIT_PROBLEMS, Environment, ProceduralConfig, Split, Task
-from envs.registry import register_env
-from rewards.extract import ExtractionMethod, extract_answer, strip_thinking
-from rewards.types import VerifyResult
+from grpopp.envs.base import MIN_SPLIT_PROBLEMS, Environment, ProceduralConfig, Split, Task
+from grpopp.envs.registry import register_env
+from grpopp.rewards.extract import ExtractionMethod, extract_answer, strip_thinking
+from grpopp.rewards.types import VerifyResult
 
 _MAX_EXPRESSION_CHARS = 300
 

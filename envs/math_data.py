@@ -12,7 +12,7 @@ answer is read from the answer column are configurable:
 
 Held-out split: a ``test_path`` (or the Hugging Face test split) when given, less every row whose
 question is also a training question (dropped with a warning that counts them); otherwise a fixed
-fraction of the rows, chosen by a hash of the question text (``envs.base.in_test_class``), so train
+fraction of the rows, chosen by a hash of the question text (``grpopp.envs.base.in_test_class``), so train
 and test never share a problem, whatever the seed, and appending rows does not move old ones between
 splits.
 """
@@ -30,12 +30,12 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import Field, model_validator
 
-from envs.base import EnvConfig, Environment, Split, Task, in_test_class
-from envs.registry import register_env
-from grpopp_trainer.config_tools import ConfigError, UserError
-from rewards.extract import find_boxed
-from rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
-from rewards.types import VerifyResult
+from grpopp.config_tools import ConfigError, UserError
+from grpopp.envs.base import EnvConfig, Environment, Split, Task, in_test_class
+from grpopp.envs.registry import register_env
+from grpopp.rewards.extract import find_boxed
+from grpopp.rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
+from grpopp.rewards.types import VerifyResult
 
 AnswerParser = Literal["gsm8k_hash", "boxed", "raw"]
 
@@ -148,7 +148,7 @@ class MathDataEnv(Environment[MathDataConfig]):
         return {"train": train, "test": test}
 
     def _sample_path(self) -> Path:
-        return Path(str(resources.files("envs") / "data" / self.sample_file))
+        return Path(str(resources.files("grpopp.envs") / "data" / self.sample_file))
 
     def _read_file(self, path: Path) -> list[Problem]:
         if path.suffix == ".parquet":
@@ -238,7 +238,7 @@ def _held_out(question: str, fraction: float) -> bool:
 
 
 class _Row(Protocol):
-    """A loaded problem (``Problem``, ``envs.code.CodeProblem``): its question and where it came from."""
+    """A loaded problem (``Problem``, ``grpopp.envs.code.CodeProblem``): its question and where it came from."""
 
     @property
     def question(self) -> str: ...

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.base import Environment, Split, Task
-from grpopp_trainer.config_tools import ConfigError
+from grpopp.config_tools import ConfigError
+from grpopp.envs.base import Environment, Split, Task
 
 
 class EnvSpec(BaseModel):
@@ -90,7 +90,7 @@ def select_envs(configured: Sequence[EnvSpec], requested: Sequence[EnvSpec]) -> 
 
 def build_mixture(specs: Sequence[EnvSpec], seed: int = 0, split: Split = "train") -> Mixture:
     """Build each environment of ``specs`` with its own config (``make_env``) and mix them."""
-    from envs.registry import make_env  # the registry imports the built-ins, which import this module's deps
+    from grpopp.envs.registry import make_env  # the registry imports the built-ins, which import this module's deps
 
     envs = [make_env(spec.name, **spec.config) for spec in specs]
     return Mixture(envs, [spec.weight for spec in specs], seed=seed, split=split)

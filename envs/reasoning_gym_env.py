@@ -5,7 +5,7 @@ from ``random.Random(seed + idx)`` and judges an answer with the dataset's own `
 module wraps one dataset per split and adds what grpopp needs:
 
 - Splits, disjoint by content: the problem is the item's question; it is a test problem when its
-  hash falls in the test class (``envs.base.in_test_class``, share ``test_fraction``). Task i of a
+  hash falls in the test class (``grpopp.envs.base.in_test_class``, share ``test_fraction``). Task i of a
   split is item i of the first "round" whose question falls in the split's class: round r of the
   train split is the dataset seeded ``seed mod 2^30 + r * size`` (size ``size``), round r of the
   test split the one seeded ``seed mod 2^30 + 2^30 + r * test_size``. So task i looks at one item
@@ -40,10 +40,10 @@ from typing import Any, Literal, TypeAlias
 
 from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
-from envs.base import Environment, ProceduralConfig, Split, Task, draw_budget
-from envs.registry import register_env
-from rewards.extract import EXTRACTORS, strip_thinking
-from rewards.types import VerifyResult
+from grpopp.envs.base import Environment, ProceduralConfig, Split, Task, draw_budget
+from grpopp.envs.registry import register_env
+from grpopp.rewards.extract import EXTRACTORS, strip_thinking
+from grpopp.rewards.types import VerifyResult
 
 AnswerFormat: TypeAlias = Literal["answer_tag", "boxed", "answer_line"]
 

@@ -30,11 +30,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from envs.base import EnvConfig, Environment
-from grpopp_trainer.config_tools import ConfigError, UserError, validate_config
+from grpopp.config_tools import ConfigError, UserError, validate_config
+from grpopp.envs.base import EnvConfig, Environment
 
 ENTRY_POINT_GROUP = "grpopp.envs"
-BUILTIN_MODULES = ("envs.arithmetic", "envs.code", "envs.countdown", "envs.math_data", "envs.reasoning_gym_env")
+BUILTIN_MODULES = (
+    "grpopp.envs.arithmetic",
+    "grpopp.envs.code",
+    "grpopp.envs.countdown",
+    "grpopp.envs.math_data",
+    "grpopp.envs.reasoning_gym_env",
+)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 _REGISTRY: dict[str, type[Environment[Any]]] = {}
@@ -76,17 +82,17 @@ def _check_contract(name: str, cls: Any, family: bool) -> None:
             "choose another name"
         )
     if not (inspect.isclass(cls) and issubclass(cls, Environment)):
-        raise RegistryError(f"cannot register {where} as {name!r}: it must subclass envs.base.Environment")
+        raise RegistryError(f"cannot register {where} as {name!r}: it must subclass grpopp.envs.base.Environment")
     config_class = cls.config_class
     if not (inspect.isclass(config_class) and issubclass(config_class, BaseModel)):
         raise RegistryError(
             f"cannot register {where} as {name!r}: config_class must be a pydantic model subclassing "
-            f"envs.base.EnvConfig, got {config_class!r}"
+            f"grpopp.envs.base.EnvConfig, got {config_class!r}"
         )
     if not issubclass(config_class, EnvConfig):
         raise RegistryError(
             f"cannot register {where} as {name!r}: config_class {config_class.__name__} must subclass "
-            "envs.base.EnvConfig (it brings seed, system_prompt and reward)"
+            "grpopp.envs.base.EnvConfig (it brings seed, system_prompt and reward)"
         )
     if family and "task" not in config_class.model_fields:
         raise RegistryError(f"cannot register family {name!r}: its config needs a 'task' field")

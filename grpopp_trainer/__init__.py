@@ -1,40 +1,26 @@
-"""grpopp_trainer: the GRPO++ objective and (later) the trainer that optimises it.
+"""grpopp: reinforcement learning from verifiable rewards for reasoning language models (GRPO++).
 
-Usable on its own by people who write their own training loop:
+The package is the card's four folders under one installed name (pyproject's ``package-dir``):
+``grpopp_trainer/`` is this root package, and ``envs/``, ``rewards/`` and ``cli/`` are ``grpopp.envs``,
+``grpopp.rewards`` and ``grpopp.cli``. Sub-packages, each importing only those listed after it:
 
-    from grpopp_trainer import compute_advantages, policy_loss, get_preset
+- ``grpopp.cli``: the ``grpopp`` command line.
+- ``grpopp.jobs``: training runs, checkpoint evaluation and reports over run folders.
+- ``grpopp.training``: the run config and the training loop.
+- ``grpopp.evaluation``: held-out evaluation.
+- ``grpopp.learner``: the policy, distributed set-up and checkpoints.
+- ``grpopp.rollout``: rollout engines.
+- ``grpopp.objective``: advantages, the loss and algorithm presets.
+- ``grpopp.recipes``: built-in run configs and the tiny model.
+- ``grpopp.envs``: environments; ``grpopp.rewards``: verifiers and reward shaping.
+- ``grpopp.config_tools`` (config errors, validation, overrides, file loading) and ``grpopp.progress``
+  (progress lines): leaf modules everything may use.
 
-    cfg = get_preset("grpopp")
-    advantages = compute_advantages(rewards, group_size=8, scale=cfg.advantage_scale)   # [B]
-    out = policy_loss(logprobs, old_logprobs, advantages, mask, cfg.loss,
-                      sampler_logprobs=sampler_logprobs)                                 # [B, T] inputs
-    out.loss.backward()
+This module imports nothing, so ``import grpopp.envs.registry`` does not load torch.
 """
 
-from grpopp_trainer.advantages import compute_advantages, zero_variance_groups
-from grpopp_trainer.algorithms import (
-    PRESETS,
-    AlgorithmConfig,
-    DynamicSamplingConfig,
-    OverlongConfig,
-    Preset,
-    get_preset,
-)
-from grpopp_trainer.config_tools import ConfigError, apply_overrides
-from grpopp_trainer.losses import LossConfig, LossOutput, policy_loss
-
-__all__ = [
-    "PRESETS",
-    "AlgorithmConfig",
-    "ConfigError",
-    "DynamicSamplingConfig",
-    "LossConfig",
-    "LossOutput",
-    "OverlongConfig",
-    "Preset",
-    "apply_overrides",
-    "compute_advantages",
-    "get_preset",
-    "policy_loss",
-    "zero_variance_groups",
-]
+if __name__ != "grpopp":  # the folder imported by its own name, e.g. from a checkout on sys.path
+    raise ImportError(
+        f"{__name__} is grpopp's root package, installed as grpopp: import grpopp.objective.losses (not"
+        " grpopp_trainer.losses) after python -m pip install -e . in a checkout"
+    )

@@ -13,7 +13,7 @@ Two kinds of test:
   after ``test_setup_code``, and APPS/TACO ``fn_name`` calls (``CallTest``: arguments and expected
   value as JSON, compared with APPS's rule). One container judges all tests of one program.
 
-Split-process judging of function tests (one bubblewrap container per program, ``rewards.sandbox``):
+Split-process judging of function tests (one bubblewrap container per program, ``grpopp.rewards.sandbox``):
 
 1. The container's main program is grpopp's harness (``HARNESS_SOURCE``, PID 1 of the container).
    It reads its spec from stdin: the test code (``HiddenTests.setup`` and each test), the names of
@@ -74,7 +74,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from rewards.sandbox import ExecResult, Job, SandboxConfig
+from grpopp.rewards.sandbox import ExecResult, Job, SandboxConfig
 
 TestKind: TypeAlias = Literal["stdio", "function"]
 OutcomeKind: TypeAlias = Literal["passed", "wrong_answer", "runtime_error", "timeout", "limit", "missing", "error"]
@@ -331,7 +331,7 @@ def decode(tree, depth=0):
 
 RUNNER_SOURCE = (
     r'''"""grpopp's runner: holds the program under test and answers the calls the harness forwards
-(rewards.code_judge). Everything here is in the candidate's reach; the harness trusts nothing it says."""
+(grpopp.rewards.code_judge). Everything here is in the candidate's reach; the harness trusts nothing it says."""
 import json
 import os
 import sys
@@ -418,7 +418,7 @@ for _line in _incoming():
 
 HARNESS_SOURCE = (
     r'''"""grpopp's judging harness: the trusted main program of a function-test container
-(rewards.code_judge, whose docstring gives the design). It never loads the program under test."""
+(grpopp.rewards.code_judge, whose docstring gives the design). It never loads the program under test."""
 import builtins
 import ctypes
 import json

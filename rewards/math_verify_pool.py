@@ -42,7 +42,7 @@ Why a process pool of our own:
 
 Grading follows math-verify: the gold answer is parsed as math-verify parses it (bare text is read as
 LaTeX, a bare number as math-verify's number reader reads it: "1,22" is 1.22), the completion's final
-answer is found (``rewards.extract.rank_answers``: the final statement wins, several boxes of one
+answer is found (``grpopp.rewards.extract.rank_answers``: the final statement wins, several boxes of one
 statement are one answer), and ``math_verify.verify`` compares them.
 """
 
@@ -68,8 +68,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.extract import EXPLICIT_METHODS, Found, rank_answers, strip_thinking
-from rewards.types import VerifyResult
+from grpopp.rewards.extract import EXPLICIT_METHODS, Found, rank_answers, strip_thinking
+from grpopp.rewards.types import VerifyResult
 
 AnswerSource = Literal["boxed", "answer_line", "last_number", "latex"]
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rewards.extract import boxed_contents
-from rewards.types import Reward, RewardComponent, VerifyResult
+from grpopp.rewards.extract import boxed_contents
+from grpopp.rewards.types import Reward, RewardComponent, VerifyResult
 
 
 class FormatRules(BaseModel):

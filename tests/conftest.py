@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from envs import registry
+from grpopp.envs import registry
 
 _Snapshot = tuple[dict, set, dict]
 

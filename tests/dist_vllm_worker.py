@@ -2,7 +2,7 @@
 
 Usage: ``python tests/dist_vllm_worker.py MODE MODEL_DIR OUT_DIR`` (or under ``torchrun --nproc-per-node N``).
 
-``train``: ``grpopp_trainer.run.train`` with ``rollout.engine=vllm``, vLLM itself replaced by
+``train``: ``grpopp.jobs.run.train`` with ``rollout.engine=vllm``, vLLM itself replaced by
 tests/vllm_fake.py (through ``vllm_engine._load_vllm``, so everything else is the real path). The
 fake starts from a perturbed copy of the model, so a weight load that does not happen shows. The run
 has sleep level 2 (every generation after the first needs a load, a collective under FSDP), dynamic
@@ -30,15 +30,15 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from vllm_fake import FakeLLM
 
-from envs.registry import load_plugin
-from grpopp_trainer.config import TrainConfig, load_train_config
-from grpopp_trainer.distributed import close_distributed, init_distributed
-from grpopp_trainer.evaluate import EvalSettings, evaluate_engine
-from grpopp_trainer.policy import Policy
-from grpopp_trainer.rollout import vllm_engine
-from grpopp_trainer.rollout.base import SamplingParams
-from grpopp_trainer.rollout.hf import HFEngine
-from rewards.shaping import LengthLimits
+from grpopp.envs.registry import load_plugin
+from grpopp.evaluation.evaluate import EvalSettings, evaluate_engine
+from grpopp.learner.distributed import close_distributed, init_distributed
+from grpopp.learner.policy import Policy
+from grpopp.rewards.shaping import LengthLimits
+from grpopp.rollout import vllm_engine
+from grpopp.rollout.base import SamplingParams
+from grpopp.rollout.hf import HFEngine
+from grpopp.training.config import TrainConfig, load_train_config
 
 HERE = Path(__file__).parent
 load_plugin(str(HERE / "plugins" / "coin_env.py"))
@@ -64,7 +64,7 @@ def fake_load_vllm(
 
 
 def train(model_dir: Path, out: Path) -> None:
-    from grpopp_trainer.run import train as run_train
+    from grpopp.jobs.run import train as run_train
 
     vllm_engine._load_vllm = fake_load_vllm  # type: ignore[assignment]
     config_file = out / f"config-{os.environ.get('RANK', '0')}.yaml"
@@ -111,7 +111,7 @@ def train(model_dir: Path, out: Path) -> None:
 
 
 def evaluate(model_dir: Path, out: Path) -> None:
-    from envs.mixture import build_mixture
+    from grpopp.envs.mixture import build_mixture
 
     info, device = init_distributed("cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from grpopp_trainer.batch import TrainTensors
-from grpopp_trainer.config import load_train_config
-from grpopp_trainer.distributed import close_distributed, init_distributed
-from grpopp_trainer.policy import Policy, shard_model
-from grpopp_trainer.rollout.hf import HFEngine
-from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
-from grpopp_trainer.trainer import Trainer, make_reference
+from grpopp.learner.distributed import close_distributed, init_distributed
+from grpopp.learner.policy import Policy, shard_model
+from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp.rollout.hf import HFEngine
+from grpopp.training.batch import TrainTensors
+from grpopp.training.config import load_train_config
+from grpopp.training.trainer import Trainer, make_reference
 
 
 def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool) -> None:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpopp_trainer.advantages import compute_advantages, zero_variance_groups
+from grpopp.objective.advantages import compute_advantages, zero_variance_groups
 
 EPS = 1e-6
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig, OverlongConfig, get_preset
-from grpopp_trainer.config_tools import ConfigError, apply_overrides, parse_value
+from grpopp.config_tools import ConfigError, apply_overrides, parse_value
+from grpopp.objective.algorithms import PRESETS, AlgorithmConfig, OverlongConfig, get_preset
 
 # Settings read from each source (see SPEC.md and the papers), written out independently of the code:
 # (objective, eps_low, eps_high, aggregation, advantage scale, kl_coef, tis, dynamic sampling, soft overlong)
@@ -150,8 +150,8 @@ def test_trl_dapo_optimizer_and_schedule_match_transformers_step_by_step():
     import torch
     from transformers import TrainingArguments, get_scheduler
 
-    from grpopp_trainer.config import OptimConfig
-    from grpopp_trainer.policy import Policy
+    from grpopp.learner.optim import OptimConfig
+    from grpopp.learner.policy import Policy
 
     hf = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}
     total = 7

@@ -25,9 +25,9 @@ import yaml
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from cli.main import app
-from grpopp_trainer.config import TrainConfig, load_train_config
-from grpopp_trainer.config_tools import FOREIGN_NAMES, ConfigError
+from grpopp.cli.main import app
+from grpopp.config_tools import FOREIGN_NAMES, ConfigError
+from grpopp.training.config import TrainConfig, load_train_config
 
 GRPOPP = str(Path(sys.executable).with_name("grpopp"))
 COIN_PLUGIN = Path(__file__).parent / "plugins" / "coin_env.py"
@@ -36,8 +36,8 @@ OLD_SAMPLES = '{"checkpoint": "old", "sample": 0}\n'
 
 RAISES_PLUGIN = 'raise RuntimeError("plugin setup failed on purpose")\n'
 DUPLICATE_PLUGIN = '''
-from envs.base import EnvConfig, Environment
-from envs.registry import register_env
+from grpopp.envs.base import EnvConfig, Environment
+from grpopp.envs.registry import register_env
 
 
 @register_env("arithmetic")

@@ -70,7 +70,7 @@ def _commands():
     """Every command of the app: (words, click command)."""
     import typer
 
-    from cli.main import app
+    from grpopp.cli.main import app
 
     def walk(command, words):
         if hasattr(command, "commands"):  # a group
@@ -101,7 +101,7 @@ def test_envs_show_names_where_set_works_and_has_no_set_itself():
 
 
 def test_every_command_turns_user_errors_into_exit_status_2():
-    from cli.errors import user_errors
+    from grpopp.cli.errors import user_errors
 
     wrapper_code = user_errors(lambda: None).__code__
     for words, command in _commands():

@@ -9,9 +9,9 @@ GRPOPP = str(Path(sys.executable).with_name("grpopp"))
 WORD_PLUGIN = str(Path(__file__).parent / "plugins" / "word_envs.py")
 
 BROKEN_PLUGIN = '''
-from envs.base import EnvConfig, Environment, Task
-from envs.registry import register_env
-from rewards.types import VerifyResult
+from grpopp.envs.base import EnvConfig, Environment, Task
+from grpopp.envs.registry import register_env
+from grpopp.rewards.types import VerifyResult
 
 
 @register_env("always_wrong")

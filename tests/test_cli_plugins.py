@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import envs.registry as registry
-from cli.plugins import PLUGINS_FILE, load_plugins, load_recorded_plugins, record_in_new_run
-from grpopp_trainer.config import load_train_config
-from grpopp_trainer.config_tools import UserError
-from grpopp_trainer.tiny import TinyModelConfig, load_or_create_tiny_model
+import grpopp.envs.registry as registry
+from grpopp.cli.plugins import PLUGINS_FILE, load_plugins, load_recorded_plugins, record_in_new_run
+from grpopp.config_tools import UserError
+from grpopp.recipes.tiny import TinyModelConfig, load_or_create_tiny_model
+from grpopp.training.config import load_train_config
 
 GRPOPP = str(Path(sys.executable).with_name("grpopp"))
 COIN_PLUGIN = Path(__file__).parent / "plugins" / "coin_env.py"

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from envs import code as code_module
-from envs.check import check_env
-from envs.code import extract_program
-from envs.math_data import DataFileError
-from envs.registry import list_envs, make_env
-from rewards.code_judge import Outcome
-from rewards.sandbox import SandboxConfig, SandboxUnavailable, unavailable_reason
-from rewards.shaping import LengthLimits
+from grpopp.envs import code as code_module
+from grpopp.envs.check import check_env
+from grpopp.envs.code import extract_program
+from grpopp.envs.math_data import DataFileError
+from grpopp.envs.registry import list_envs, make_env
+from grpopp.rewards.code_judge import Outcome
+from grpopp.rewards.sandbox import SandboxConfig, SandboxUnavailable, unavailable_reason
+from grpopp.rewards.shaping import LengthLimits
 
 FAST = {"sandbox": {"wall_timeout_s": 3.0, "cpu_time_s": 2, "workers": 2}}
 

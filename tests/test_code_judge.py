@@ -1,4 +1,4 @@
-"""rewards.code_judge, pure parts: stdout comparison, the plain-data codec of the harness and runner
+"""grpopp.rewards.code_judge, pure parts: stdout comparison, the plain-data codec of the harness and runner
 (run here in-process), the harness's records on the result channel, job planning, and the load-time
 reading of test code (ast only, never executed). No sandbox needed."""
 
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from rewards.code_judge import (
+from grpopp.rewards.code_judge import (
     _CODEC_SOURCE,
     HARNESS_SOURCE,
     RUNNER_SOURCE,
@@ -29,7 +29,7 @@ from rewards.code_judge import (
     parse_channel,
     plan_jobs,
 )
-from rewards.sandbox import ExecResult, SandboxConfig
+from grpopp.rewards.sandbox import ExecResult, SandboxConfig
 
 # -- stdout comparison ---------------------------------------------------------------------------
 

@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envs.base import prompt_text
-from envs.mixture import build_mixture
-from grpopp_trainer.config import (
+from grpopp.config_tools import ConfigError
+from grpopp.envs.base import prompt_text
+from grpopp.envs.mixture import build_mixture
+from grpopp.evaluation.evaluate import EvalSettings
+from grpopp.jobs.eval_job import resolve_job
+from grpopp.recipes.tiny import TINY_ARITHMETIC_ENV
+from grpopp.rewards.shaping import FormatRules, RewardConfig, format_reward
+from grpopp.training.config import (
     EvalConfig,
     LoggingConfig,
     OptimConfig,
@@ -18,11 +23,6 @@ from grpopp_trainer.config import (
     recipe_path,
     resolve_train_config,
 )
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.eval_job import resolve_job
-from grpopp_trainer.evaluate import EvalSettings
-from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV
-from rewards.shaping import FormatRules, RewardConfig, format_reward
 
 RECIPE = yaml.safe_load(recipe_path("tiny-arithmetic").read_text())
 """The shipped recipe as YAML reads it, independently of the config code."""

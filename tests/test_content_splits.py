@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
-from envs.base import (
+from grpopp.config_tools import ConfigError
+from grpopp.envs.arithmetic import ArithmeticConfig, ArithmeticEnv
+from grpopp.envs.base import (
     EnvConfig,
     SplitSpaceError,
     draw_budget,
     in_test_class,
     split_of,
 )
-from envs.check import check_env
-from envs.registry import list_envs, load_plugin, make_env
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.evaluate import held_out_tasks, require_held_out
+from grpopp.envs.check import check_env
+from grpopp.envs.registry import list_envs, load_plugin, make_env
+from grpopp.evaluation.evaluate import held_out_tasks, require_held_out
 
 PLUGIN = str(Path(__file__).parent / "plugins" / "word_envs.py")
 WORDS_15 = (
@@ -115,7 +115,7 @@ def test_enough_words_split_by_content():
 def test_drawing_by_split_needs_a_procedural_config():
     env = make_env("words_shared")
     assert isinstance(env.config, EnvConfig) and env.test_fraction is None
-    with pytest.raises(TypeError, match="make config_class subclass envs.base.ProceduralConfig"):
+    with pytest.raises(TypeError, match="make config_class subclass grpopp.envs.base.ProceduralConfig"):
         env.draw_in_split(0, "test", lambda rng: "x", key=str)
 
 

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
 
 HERE = Path(__file__).parent
 WORKER = str(HERE / "dist_worker.py")
@@ -120,7 +120,7 @@ VLLM_WORKER = str(HERE / "dist_vllm_worker.py")
 
 
 def test_vllm_engine_under_torchrun_follows_the_sharded_policy(tmp_path, model_dir):
-    """``grpopp_trainer.run.train`` with ``rollout.engine=vllm`` on 2 processes, vLLM replaced by
+    """``grpopp.jobs.run.train`` with ``rollout.engine=vllm`` on 2 processes, vLLM replaced by
     tests/vllm_fake.py: each rank's engine ends with exactly the saved weights (gathered from the
     FSDP shards; the float32 master weights rounded to the bf16 compute dtype), every rank makes the
     same weight loads, sleeps and wake-ups (collectives stay matched, also when rank 1 has no

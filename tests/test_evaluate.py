@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.eval_job import parse_eval_env, resolve_targets, summarise_samples
-from grpopp_trainer.evaluate import (
+from grpopp.config_tools import ConfigError
+from grpopp.evaluation.evaluate import (
     EvalSettings,
     TaskOutcome,
     bootstrap_ci,
@@ -24,9 +23,10 @@ from grpopp_trainer.evaluate import (
     pass_at_k,
     summarise,
 )
-from grpopp_trainer.rollout.base import Completion, SamplingParams
-from grpopp_trainer.rollout.hf import HFEngine
-from grpopp_trainer.tiny import TinyModelConfig, load_or_create_tiny_model
+from grpopp.jobs.eval_job import parse_eval_env, resolve_targets, summarise_samples
+from grpopp.recipes.tiny import TinyModelConfig, load_or_create_tiny_model
+from grpopp.rollout.base import Completion, SamplingParams
+from grpopp.rollout.hf import HFEngine
 
 GRPOPP = str(Path(sys.executable).with_name("grpopp"))
 PLUGIN = str(Path(__file__).parent / "plugins" / "coin_env.py")
@@ -400,7 +400,7 @@ def test_chunked_hf_generation_equals_one_call(monkeypatch, tiny_model):
     a single call: the engine's generator simply continues."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grpopp_trainer import evaluate
+    from grpopp.evaluation import evaluate
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
     prompts = [f"{a}+{a + 1}=" for a in range(7)]
@@ -414,9 +414,9 @@ def test_chunked_hf_generation_equals_one_call(monkeypatch, tiny_model):
 
 
 def test_evaluation_reports_progress_over_every_environment(monkeypatch):
-    from envs.registry import make_env
-    from grpopp_trainer import evaluate
-    from rewards.shaping import LengthLimits
+    from grpopp.envs.registry import make_env
+    from grpopp.evaluation import evaluate
+    from grpopp.rewards.shaping import LengthLimits
 
     monkeypatch.setattr(evaluate, "EVAL_CHUNK_ROWS", 2)  # K = 1: chunks of 2 prompts
     envs = {"arithmetic": make_env("arithmetic"), "countdown": make_env("countdown")}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from rewards.extract import extract_answer, find_answer_line, find_boxed, find_last_number, rank_answers
+from grpopp.rewards.extract import extract_answer, find_answer_line, find_boxed, find_last_number, rank_answers
 
 
 @pytest.mark.parametrize(

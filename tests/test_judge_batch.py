@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from envs.base import EnvConfig, Environment, Split, Task
-from grpopp_trainer.batch import score_groups
-from grpopp_trainer.rollout.base import Completion
-from rewards.shaping import LengthLimits
-from rewards.types import VerifyResult
+from grpopp.envs.base import EnvConfig, Environment, Split, Task
+from grpopp.rewards.shaping import LengthLimits
+from grpopp.rewards.types import VerifyResult
+from grpopp.rollout.base import Completion
+from grpopp.rollout.groups import score_groups
 
 
 class _Echo(Environment[EnvConfig]):

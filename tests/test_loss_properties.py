@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpopp_trainer.losses import LossConfig, policy_loss
+from grpopp.objective.losses import LossConfig, policy_loss
 
 DT = torch.float64
 

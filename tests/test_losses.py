@@ -18,8 +18,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from grpopp_trainer.advantages import compute_advantages
-from grpopp_trainer.losses import LossConfig, policy_loss
+from grpopp.objective.advantages import compute_advantages
+from grpopp.objective.losses import LossConfig, policy_loss
 
 TOL = {"rtol": 0, "atol": 1e-6}
 DT = torch.float64

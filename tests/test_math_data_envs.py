@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from envs.check import check_env
-from envs.math_data import DataFileError
-from envs.registry import make_env
-from grpopp_trainer.config_tools import ConfigError
+from grpopp.config_tools import ConfigError
+from grpopp.envs.check import check_env
+from grpopp.envs.math_data import DataFileError
+from grpopp.envs.registry import make_env
 
 FAST = {"verifier": {"timeout_seconds": 5.0, "workers": 2}}
 

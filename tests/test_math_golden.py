@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from rewards.math_verify_pool import MathVerifier, MathVerifyConfig
-from rewards.types import VerifyResult
+from grpopp.rewards.math_verify_pool import MathVerifier, MathVerifyConfig
+from grpopp.rewards.types import VerifyResult
 
 CASES_PATH = Path(__file__).parent / "data" / "math_golden.jsonl"
 EXPECTED_VERDICTS = ("correct", "incorrect", "unparseable")

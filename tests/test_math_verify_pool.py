@@ -1,4 +1,4 @@
-"""Tests of rewards.math_verify_pool: verdicts, gold parsing, and the pool's hard limits.
+"""Tests of grpopp.rewards.math_verify_pool: verdicts, gold parsing, and the pool's hard limits.
 
 Expected verdicts are worked out by hand (1/2 = 0.5, 18 != 17, ...). The hanging inputs were found by
 hand: ``9^{9^{9}}`` (9 to the 387,420,489) and ``7^{7^{7^{7}}}`` compared with a small integer keep
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
+from grpopp.rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
 
 TIMEOUT_S = 2.0
 MARGIN_S = 1.5

@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from envs.base import Task
-from envs.math_data import MATHConfig, MATHEnv
-from rewards.math_verify_pool import MathVerifyConfig
-from rewards.types import VerifyResult
+from grpopp.envs.base import Task
+from grpopp.envs.math_data import MATHConfig, MATHEnv
+from grpopp.rewards.math_verify_pool import MathVerifyConfig
+from grpopp.rewards.types import VerifyResult
 from tests.upstream_math_verify import UpstreamCase, load_cases, sdist_path
 
 CASES = load_cases(sdist_path())

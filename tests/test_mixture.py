@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
-from envs.base import EnvConfig, Environment, Task
-from envs.countdown import CountdownConfig, CountdownEnv
-from envs.mixture import EnvSpec, Mixture, parse_env_arg, select_envs
-from grpopp_trainer.config_tools import ConfigError
+from grpopp.config_tools import ConfigError
+from grpopp.envs.arithmetic import ArithmeticConfig, ArithmeticEnv
+from grpopp.envs.base import EnvConfig, Environment, Task
+from grpopp.envs.countdown import CountdownConfig, CountdownEnv
+from grpopp.envs.mixture import EnvSpec, Mixture, parse_env_arg, select_envs
 
 
 class FiniteEnv(Environment[EnvConfig]):

@@ -1,6 +1,6 @@
 """The wheel holds every module and data file of the four packages, and builds without a setuptools
-warning (issue 14: a wheel without grpopp_trainer/rollout failed on import; `make` printed about 80
-lines of warnings about envs.data and grpopp_trainer.recipes). `make wheel-check` (.ci/wheel-check)
+warning (issue 14: a wheel without grpopp/rollout failed on import; `make` printed about 80
+lines of warnings about grpopp.envs.data and grpopp.recipes). `make wheel-check` (.ci/wheel-check)
 goes further: it installs the wheel into a fresh venv and runs the CLI from there."""
 
 import shutil
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("envs", "rewards", "grpopp_trainer", "cli")
+PACKAGES = ("envs", "rewards", "grpopp", "cli")
 
 
 def _checkout_files() -> list[str]:
@@ -48,10 +48,10 @@ def test_wheel_holds_every_module_and_data_file_and_builds_without_warnings(tmp_
     # every file of the four packages in the checkout, found by walking it, not from pyproject.toml
     expected = {name for name in files if name.split("/")[0] in PACKAGES}
     assert expected <= names, sorted(expected - names)
-    assert "grpopp_trainer/rollout/hf.py" in expected  # the package the hand-written list left out
-    assert {"envs/data/gsm8k_sample.jsonl", "grpopp_trainer/recipes/tiny-arithmetic.yaml"} <= expected
+    assert "grpopp/rollout/hf.py" in expected  # the package the hand-written list left out
+    assert {"envs/data/gsm8k_sample.jsonl", "grpopp/recipes/tiny-arithmetic.yaml"} <= expected
     dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info/"  # grpopp-<version>.dist-info/
     stray = sorted(name for name in names - expected if not name.startswith(dist_info))
     assert stray == []  # no tests, caches or build leftovers
     entry_points = zipfile.ZipFile(wheel).read(dist_info + "entry_points.txt").decode()
-    assert "grpopp = cli.main:app" in entry_points
+    assert "grpopp = grpopp.cli.main:app" in entry_points

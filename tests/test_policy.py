@@ -13,8 +13,8 @@ import pytest
 import torch
 import transformers
 
-from grpopp_trainer.policy import completion_logprobs, make_token_batch
-from grpopp_trainer.rollout.base import distinct_rows
+from grpopp.learner.policy import completion_logprobs, make_token_batch
+from grpopp.rollout.base import distinct_rows
 
 VOCAB = 40
 TEMPERATURE = 0.7

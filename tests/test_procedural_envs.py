@@ -8,10 +8,10 @@ import operator
 
 import pytest
 
-from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
-from envs.countdown import CountdownConfig, CountdownEnv, evaluate_expression, problem_key
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV
+from grpopp.config_tools import ConfigError
+from grpopp.envs.arithmetic import ArithmeticConfig, ArithmeticEnv
+from grpopp.envs.countdown import CountdownConfig, CountdownEnv, evaluate_expression, problem_key
+from grpopp.recipes.tiny import TINY_ARITHMETIC_ENV
 
 
 def arithmetic(**options):

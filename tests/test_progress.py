@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 from transformers.utils import logging as hf_logging
 
-from envs.registry import make_env
-from grpopp_trainer.progress import StepDisplay, Ticker, format_duration, quiet_transformers_bars, step_line
-from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV, TinyModelConfig, build_model, build_tokenizer, warm_start
+from grpopp.envs.registry import make_env
+from grpopp.progress import StepDisplay, Ticker, format_duration, quiet_transformers_bars, step_line
+from grpopp.recipes.tiny import TINY_ARITHMETIC_ENV, TinyModelConfig, build_model, build_tokenizer, warm_start
 
 METRICS = {"reward": 0.5, "accuracy": 0.25, "length/mean": 12.34, "entropy": 1.23456}
 

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 reasoning_gym = pytest.importorskip("reasoning_gym")
 from reasoning_gym.factory import DATASETS  # noqa: E402
 
-from envs import registry  # noqa: E402
-from envs.base import Message  # noqa: E402
-from envs.reasoning_gym_env import (  # noqa: E402
+from grpopp.envs import registry  # noqa: E402
+from grpopp.envs.base import Message  # noqa: E402
+from grpopp.envs.reasoning_gym_env import (  # noqa: E402
     ReasoningGymConfig,
     ReasoningGymEnv,
     extract_final_answer,

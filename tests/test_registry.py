@@ -5,15 +5,15 @@ import textwrap
 import pytest
 from pydantic import BaseModel
 
-import envs.registry as registry
-from envs.base import EnvConfig, Environment, Task
-from envs.registry import RegistryError, list_envs, load_plugin, make_env, register_env
-from grpopp_trainer.config_tools import ConfigError
+import grpopp.envs.registry as registry
+from grpopp.config_tools import ConfigError
+from grpopp.envs.base import EnvConfig, Environment, Task
+from grpopp.envs.registry import RegistryError, list_envs, load_plugin, make_env, register_env
 
 PLUGIN_SOURCE = '''
-from envs.base import EnvConfig, Environment, Task
-from envs.registry import register_env
-from rewards.types import VerifyResult
+from grpopp.envs.base import EnvConfig, Environment, Task
+from grpopp.envs.registry import register_env
+from grpopp.rewards.types import VerifyResult
 
 
 class EchoConfig(EnvConfig):
@@ -99,7 +99,7 @@ def test_broken_plugin_file_is_reported(tmp_path):
 
 
 def test_duplicate_name_is_refused():
-    with pytest.raises(RegistryError, match="the name is taken by envs.arithmetic.ArithmeticEnv"):
+    with pytest.raises(RegistryError, match="the name is taken by grpopp.envs.arithmetic.ArithmeticEnv"):
 
         @register_env("arithmetic")
         class Another(Environment[EnvConfig]):
@@ -124,7 +124,7 @@ def test_config_that_is_not_pydantic_is_refused():
     class NotEnvConfig(BaseModel):
         seed: int = 0
 
-    with pytest.raises(RegistryError, match="must subclass envs.base.EnvConfig"):
+    with pytest.raises(RegistryError, match="must subclass grpopp.envs.base.EnvConfig"):
 
         @register_env("other_config")
         class Other(Environment[EnvConfig]):

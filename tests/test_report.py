@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.report_cmd import report_command
-from grpopp_trainer.report import (
+from grpopp.cli.report_cmd import report_command
+from grpopp.jobs.report import (
     FIGURES,
     CheckpointResult,
     ReportError,
@@ -270,7 +270,7 @@ def test_missing_metrics_jsonl_is_a_report_error(tmp_path):
 def _app() -> typer.Typer:
     app = typer.Typer()
     app.command("report")(report_command)
-    app.command("other")(lambda: None)  # two commands: "report" stays a subcommand, as in cli.main
+    app.command("other")(lambda: None)  # two commands: "report" stays a subcommand, as in grpopp.cli.main
     return app
 
 
@@ -289,7 +289,7 @@ def test_report_command_prints_what_it_wrote(tmp_path):
 
 def test_report_command_fails_cleanly_without_metrics(tmp_path):
     result = CliRunner().invoke(_app(), ["report", str(tmp_path)], env={"COLUMNS": "200"})
-    assert result.exit_code == 2  # a user error (cli.errors): one message, exit status 2
+    assert result.exit_code == 2  # a user error (grpopp.cli.errors): one message, exit status 2
     assert "has no metrics.jsonl" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
 

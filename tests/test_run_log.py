@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from grpopp_trainer.config import LoggingConfig
-from grpopp_trainer.run_log import WANDB_ID_FILE, RunLog, truncate_log
+from grpopp.training.config import LoggingConfig
+from grpopp.training.run_log import WANDB_ID_FILE, RunLog, truncate_log
 
 
 def test_metrics_jsonl_writes_null_for_non_finite_values(tmp_path):

@@ -1,4 +1,4 @@
-"""rewards.sandbox: what a run returns, the limits, the batch API, and refusing to start without bwrap.
+"""grpopp.rewards.sandbox: what a run returns, the limits, the batch API, and refusing to start without bwrap.
 
 Tests that need bubblewrap skip with the reason when it is missing or cannot create namespaces
 (`make setup` installs it, so CI runs them). The adversarial suite is tests/test_sandbox_adversarial.py."""
@@ -11,8 +11,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from rewards import sandbox as sandbox_module
-from rewards.sandbox import (
+from grpopp.rewards import sandbox as sandbox_module
+from grpopp.rewards.sandbox import (
     INSTALL_HINT,
     Job,
     Sandbox,

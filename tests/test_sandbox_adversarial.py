@@ -2,7 +2,7 @@
 score as failed for the precise reason asserted, and leave the host unharmed; the honest solution
 passes.
 
-Programs run through the real sandbox and judge (rewards.sandbox, rewards.code_judge) with short
+Programs run through the real sandbox and judge (grpopp.rewards.sandbox, grpopp.rewards.code_judge) with short
 limits (wall 2 s, CPU 1 s). Function tests run the split-process harness: the test code in a
 trusted process, the program in a runner process it calls over pipes. Tests skip with the reason
 when bwrap cannot run here."""
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from rewards.code_judge import HiddenTests, Outcome, StdioTest, apps_call_suite, judge, mbpp_suite, plan_jobs
-from rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, unavailable_reason
+from grpopp.rewards.code_judge import HiddenTests, Outcome, StdioTest, apps_call_suite, judge, mbpp_suite, plan_jobs
+from grpopp.rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, unavailable_reason
 
 CONFIG = SandboxConfig(wall_timeout_s=2.0, cpu_time_s=1, processes=16, workers=2)
 HERE = Path(__file__).resolve()

@@ -3,8 +3,8 @@ non-finite values (a NaN or inf score, component or weight) turned into errors o
 
 import pytest
 
-from rewards.extract import extract_answer, extract_answer_line, extract_boxed, extract_last_number
-from rewards.shaping import (
+from grpopp.rewards.extract import extract_answer, extract_answer_line, extract_boxed, extract_last_number
+from grpopp.rewards.shaping import (
     FormatRules,
     LengthLimits,
     RewardConfig,
@@ -14,7 +14,7 @@ from rewards.shaping import (
     length_penalty,
     soft_overlong_punishment,
 )
-from rewards.types import Reward, RewardComponent, VerifyResult
+from grpopp.rewards.types import Reward, RewardComponent, VerifyResult
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_extract_answer_order():
     ],
 )
 def test_strip_thinking(text, expected):
-    from rewards.extract import strip_thinking
+    from grpopp.rewards.extract import strip_thinking
 
     assert strip_thinking(text) == expected
 
@@ -206,7 +206,7 @@ def test_a_verdict_that_breaks_the_rules_is_an_error(status, score, problem):
 
 @pytest.mark.parametrize(("value", "shown"), [(float("nan"), "nan"), (float("-inf"), "-inf")])
 def test_a_non_finite_component_makes_the_reward_an_error(monkeypatch, value, shown):
-    import rewards.shaping as shaping
+    import grpopp.rewards.shaping as shaping
 
     monkeypatch.setattr(shaping, "length_penalty", lambda length, max_length: value)  # a component gone wrong
     reward = compose_reward(VerifyResult(status="correct", score=1.0), "x", 5, RewardConfig(length=0.1), LIMITS)
@@ -250,9 +250,9 @@ def test_reward_weights_must_be_finite(weight, value):
 
 
 def test_a_non_finite_weight_in_a_config_file_names_the_key(tmp_path):
-    from envs.mixture import build_mixture
-    from grpopp_trainer.config import load_train_config
-    from grpopp_trainer.config_tools import ConfigError
+    from grpopp.config_tools import ConfigError
+    from grpopp.envs.mixture import build_mixture
+    from grpopp.training.config import load_train_config
 
     path = tmp_path / "run.yaml"
     path.write_text("envs:\n  - name: arithmetic\n    config: {reward: {correctness: .nan}}\n")

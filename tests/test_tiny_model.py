@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import grpopp_trainer.tiny as tiny
-from envs.registry import make_env
-from grpopp_trainer.tiny import (
+import grpopp.recipes.tiny as tiny
+from grpopp.envs.registry import make_env
+from grpopp.recipes.tiny import (
     TINY_ARITHMETIC_ENV,
     TinyModelConfig,
     build_model,

@@ -27,17 +27,17 @@ import yaml
 from rich.console import Console
 from safetensors.torch import load_file
 
-from envs.registry import load_plugin, registered_envs
-from grpopp_trainer import trainer as trainer_module
-from grpopp_trainer.batch import TrainTensors
-from grpopp_trainer.config import TrainConfig, load_train_config
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.losses import LossOutput
-from grpopp_trainer.policy import Policy
-from grpopp_trainer.rollout.hf import HFEngine
-from grpopp_trainer.run import load_model, train
-from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
-from grpopp_trainer.trainer import Trainer
+from grpopp.config_tools import ConfigError
+from grpopp.envs.registry import load_plugin, registered_envs
+from grpopp.jobs.run import load_model, train
+from grpopp.learner.policy import Policy
+from grpopp.objective.losses import LossOutput
+from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp.rollout.hf import HFEngine
+from grpopp.training import trainer as trainer_module
+from grpopp.training.batch import TrainTensors
+from grpopp.training.config import TrainConfig, load_train_config
+from grpopp.training.trainer import Trainer
 
 PLUGIN = str(Path(__file__).parent / "plugins" / "coin_env.py")
 NAN_PLUGIN = str(Path(__file__).parent / "plugins" / "nan_env.py")
@@ -378,7 +378,7 @@ def test_train_cli_reports_config_errors(tmp_path):
 
 
 def test_default_recipe_trains_what_the_warm_start_taught():
-    from grpopp_trainer.tiny import TINY_ARITHMETIC_ENV
+    from grpopp.recipes.tiny import TINY_ARITHMETIC_ENV
 
     config = load_train_config()  # the tiny-arithmetic recipe, what `grpopp train` runs
     assert config.model.name_or_path == "tiny"

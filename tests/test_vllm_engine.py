@@ -22,10 +22,11 @@ import pytest
 import torch
 from vllm_fake import FakeLLM
 
-from grpopp_trainer.policy import Policy
-from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
-from grpopp_trainer.rollout.hf import HFEngine
-from grpopp_trainer.rollout.vllm_engine import (
+from grpopp.learner.policy import Policy
+from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp.rollout.base import SamplingParams, VLLMSettings
+from grpopp.rollout.hf import HFEngine
+from grpopp.rollout.vllm_engine import (
     VLLMEngine,
     WeightSyncError,
     policy_weights,
@@ -34,7 +35,6 @@ from grpopp_trainer.rollout.vllm_engine import (
     to_completion,
     weight_buckets,
 )
-from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
 
 PROMPTS = ["12+7=", "3*4=", "hello"]
 
@@ -257,9 +257,9 @@ def test_without_sleep_each_sync_drops_the_prefix_cache(model, tokenizer):
 
 
 def test_trainer_syncs_the_engine_after_each_update(model, tokenizer, tmp_path):
-    from envs.registry import load_plugin, registered_envs
-    from grpopp_trainer.config import load_train_config
-    from grpopp_trainer.trainer import Trainer
+    from grpopp.envs.registry import load_plugin, registered_envs
+    from grpopp.training.config import load_train_config
+    from grpopp.training.trainer import Trainer
 
     if "coin" not in registered_envs():
         load_plugin(str(Path(__file__).parent / "plugins" / "coin_env.py"))
@@ -295,8 +295,8 @@ def test_trainer_syncs_the_engine_after_each_update(model, tokenizer, tmp_path):
 def test_vllm_is_imported_only_by_the_engine():
     script = (
         "import sys\n"
-        "import cli.main, grpopp_trainer.run, grpopp_trainer.trainer, grpopp_trainer.config\n"
-        "import grpopp_trainer.rollout.hf, grpopp_trainer.rollout.vllm_engine\n"
+        "import grpopp.cli.main, grpopp.jobs.run, grpopp.training.trainer, grpopp.training.config\n"
+        "import grpopp.rollout.hf, grpopp.rollout.vllm_engine\n"
         "print('vllm' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -350,7 +350,7 @@ def test_close_distributed_leaves_a_process_group_it_did_not_create(tmp_path):
     to vLLM's shutdown (ending it early made every vLLM run exit with 'Invalid process group')."""
     import torch.distributed as dist
 
-    from grpopp_trainer.distributed import close_distributed
+    from grpopp.learner.distributed import close_distributed
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/group", rank=0, world_size=1)
     try:

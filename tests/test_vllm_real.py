@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 import torch
 
-from grpopp_trainer.config import OptimConfig
-from grpopp_trainer.policy import Policy, completion_logprobs
-from grpopp_trainer.rollout import vllm_engine
-from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
-from grpopp_trainer.rollout.hf import HFEngine
-from grpopp_trainer.rollout.vllm_engine import VLLMEngine, WeightSyncError
-from grpopp_trainer.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp.learner.optim import OptimConfig
+from grpopp.learner.policy import Policy, completion_logprobs
+from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
+from grpopp.rollout import vllm_engine
+from grpopp.rollout.base import SamplingParams, VLLMSettings
+from grpopp.rollout.hf import HFEngine
+from grpopp.rollout.vllm_engine import VLLMEngine, WeightSyncError
 
 HERE = Path(__file__).parent
 COIN = str(HERE / "plugins" / "coin_env.py")

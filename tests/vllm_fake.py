@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from grpopp_trainer.rollout.base import SamplingParams
-from grpopp_trainer.rollout.hf import HFEngine
+from grpopp.rollout.base import SamplingParams
+from grpopp.rollout.hf import HFEngine
 
 
 class FakeVLLMModel:

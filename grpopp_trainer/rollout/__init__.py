@@ -1,1 +1,2 @@
-"""Rollout engines behind one protocol (``base.RolloutEngine``): ``hf`` (transformers) and, on GPUs, ``vllm``."""
+"""grpopp.rollout: rollout engines behind one protocol (``base.RolloutEngine``): ``hf`` (transformers)
+and ``vllm`` (colocated vLLM, GPU or its CPU build)."""

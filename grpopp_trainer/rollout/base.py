@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.base import Message
+from grpopp.envs.base import Message
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -89,7 +89,7 @@ class VLLMSettings(BaseModel):
     integrity_probe: bool = True
     """After each weight sync, score a fixed probe text with vLLM and with the learner and refuse to
     go on when their token log-probs differ by more than ``probe_tolerance`` on average (a stale or
-    mis-synced weight; see ``grpopp_trainer.rollout.vllm_engine``)."""
+    mis-synced weight; see ``grpopp.rollout.vllm_engine``)."""
 
     probe_tolerance: float | None = Field(None, gt=0.0)
     """Largest mean absolute log-prob gap the probe accepts. None: 1e-3 when vLLM computes in

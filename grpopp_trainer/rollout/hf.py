@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp_trainer.rollout.base import Completion, Prompt, SamplingParams, distinct_rows, encode_prompt
+from grpopp.rollout.base import Completion, Prompt, SamplingParams, distinct_rows, encode_prompt
 
 STOP_WINDOW_SLACK = 8
 """Extra tokens decoded before a stop string's worst-case span (4 byte tokens per character)."""

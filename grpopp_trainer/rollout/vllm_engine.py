@@ -44,7 +44,7 @@ Design (as TRL's "colocate" mode and verl's hybrid engine, arXiv 2409.19256):
    sleep level 2) is a collective every rank joins; the probe's learner pass is one too.
 8. ``close`` shuts vLLM's engine down, then its model-parallel groups; the process group it
    created itself in a single process goes with it, while under torchrun the group is grpopp's
-   (``grpopp_trainer.distributed.close_distributed``).
+   (``grpopp.learner.distributed.close_distributed``).
 
 Shapes: none cross this boundary as tensors except the parameters themselves.
 """
@@ -62,7 +62,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp_trainer.rollout.base import Completion, FinishReason, Prompt, SamplingParams, VLLMSettings, encode_prompt
+from grpopp.rollout.base import Completion, FinishReason, Prompt, SamplingParams, VLLMSettings, encode_prompt
 
 
 class _LLM(Protocol):

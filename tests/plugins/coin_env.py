@@ -8,9 +8,9 @@
   fail (status "error"), so those samples must be masked.
 """
 
-from envs.base import EnvConfig, Environment, Split, Task
-from envs.registry import register_env
-from rewards.types import VerifyResult
+from grpopp.envs.base import EnvConfig, Environment, Split, Task
+from grpopp.envs.registry import register_env
+from grpopp.rewards.types import VerifyResult
 
 
 class CoinConfig(EnvConfig):

@@ -10,9 +10,9 @@
 import math
 from typing import ClassVar
 
-from envs.base import EnvConfig, Environment, Split, Task
-from envs.registry import register_env
-from rewards.types import VerifyResult
+from grpopp.envs.base import EnvConfig, Environment, Split, Task
+from grpopp.envs.registry import register_env
+from grpopp.rewards.types import VerifyResult
 
 
 class CoinNanConfig(EnvConfig):

@@ -7,9 +7,9 @@
   word or a train word by its hash; refused at construction when the list is too small to split.
 """
 
-from envs.base import EnvConfig, Environment, ProceduralConfig, Split, Task
-from envs.registry import register_env
-from rewards.types import VerifyResult
+from grpopp.envs.base import EnvConfig, Environment, ProceduralConfig, Split, Task
+from grpopp.envs.registry import register_env
+from grpopp.rewards.types import VerifyResult
 
 WORDS = (
     "apple", "brick", "cloud", "delta", "ember", "flint", "grape", "heron",

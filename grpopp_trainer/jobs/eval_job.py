@@ -48,13 +48,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
-from envs.base import Environment, Split, Task
-from envs.mixture import EnvSpec, parse_env_arg, select_envs
-from envs.registry import make_env
-from grpopp_trainer import checkpoint as ckpt
-from grpopp_trainer.config import TrainConfig, is_run_dir, load_run_config, load_train_config
-from grpopp_trainer.config_tools import ConfigError, check_model_source, format_validation_error
-from grpopp_trainer.evaluate import (
+from grpopp.config_tools import ConfigError, check_model_source, format_validation_error
+from grpopp.envs.base import Environment, Split, Task
+from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
+from grpopp.envs.registry import make_env
+from grpopp.evaluation.evaluate import (
     EvalRun,
     EvalSettings,
     TaskOutcome,
@@ -63,10 +61,12 @@ from grpopp_trainer.evaluate import (
     require_held_out,
     summarise,
 )
-from grpopp_trainer.progress import Ticker
-from grpopp_trainer.rollout.base import SamplingParams
-from rewards.shaping import LengthLimits
-from rewards.types import Reward
+from grpopp.learner import checkpoint as ckpt
+from grpopp.progress import Ticker
+from grpopp.rewards.shaping import LengthLimits
+from grpopp.rewards.types import Reward
+from grpopp.rollout.base import SamplingParams
+from grpopp.training.config import TrainConfig, is_run_dir, load_run_config, load_train_config
 
 _PROGRESS_CONSOLE = Console(stderr=True)
 """Evaluation progress goes to stderr: a bar in a terminal, a line every 30 s otherwise."""
@@ -231,7 +231,7 @@ def run_eval(
     Steps: 1. check everything (targets, jobs, environments, devices, checkpoints, the output folder);
     2. create the output folder; 3. evaluate each checkpoint into a temporary samples file;
     4. move samples.jsonl, results.json and the extra files into place."""
-    from grpopp_trainer.run import load_model, make_engine, model_source, resolve_device
+    from grpopp.jobs.run import load_model, make_engine, model_source, resolve_device
 
     checkpoints = resolve_targets(targets, which)  # 1.
     jobs = [job_for(point.config) for point in checkpoints]

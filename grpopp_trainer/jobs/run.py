@@ -35,15 +35,15 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from envs.mixture import Mixture
-from grpopp_trainer import checkpoint as ckpt
-from grpopp_trainer.config import RUN_CONFIG_FILE, ModelConfig, TrainConfig, load_run_config
-from grpopp_trainer.config_tools import ConfigError, validate_config
-from grpopp_trainer.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
-from grpopp_trainer.policy import Policy, shard_model
-from grpopp_trainer.progress import StepDisplay, quiet_transformers_bars
-from grpopp_trainer.rollout.base import RolloutEngine
-from grpopp_trainer.trainer import Trainer, make_reference
+from grpopp.config_tools import ConfigError, validate_config
+from grpopp.envs.mixture import Mixture
+from grpopp.learner import checkpoint as ckpt
+from grpopp.learner.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
+from grpopp.learner.policy import Policy, shard_model
+from grpopp.progress import StepDisplay, quiet_transformers_bars
+from grpopp.rollout.base import RolloutEngine
+from grpopp.training.config import RUN_CONFIG_FILE, ModelConfig, TrainConfig, load_run_config
+from grpopp.training.trainer import Trainer, make_reference
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -72,7 +72,7 @@ def model_source(config: ModelConfig, path: str | None = None, console: Console 
     if path:
         return path
     if config.name_or_path == "tiny":
-        from grpopp_trainer.tiny import load_or_create_tiny_model
+        from grpopp.recipes.tiny import load_or_create_tiny_model
 
         if console is None:
             return str(load_or_create_tiny_model())
@@ -115,7 +115,7 @@ def make_engine(
     """The rollout engine of ``config.rollout.engine`` over the policy ``model`` (read from ``source``).
     Under torchrun (``dist_info``) each rank builds its own vLLM engine, all at the same time."""
     if config.rollout.engine == "vllm":
-        from grpopp_trainer.rollout.vllm_engine import VLLMEngine
+        from grpopp.rollout.vllm_engine import VLLMEngine
 
         # vLLM computes in the learner's dtype: FSDP's compute dtype when set, else the model's.
         dtype = (config.model.fsdp_param_dtype if dist_info.enabled else None) or config.model.dtype
@@ -128,7 +128,7 @@ def make_engine(
             seed=config.seed + dist_info.rank,
             distributed=dist_info.enabled,
         )
-    from grpopp_trainer.rollout.hf import HFEngine
+    from grpopp.rollout.hf import HFEngine
 
     # Chat models may end a turn with another token than the tokenizer's EOS (e.g. <|eot_id|>): stop on all.
     eos: set[int] = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
@@ -205,7 +205,7 @@ def train(
     try:
         return _train(config, policy, engine, run_dir, reference, mixture, checkpoint, console, stop_after, started)
     finally:
-        engine.close()  # vLLM's engine and groups first; the trainer's process group after (cli.train_cmd)
+        engine.close()  # vLLM's engine and groups first; the trainer's process group after (grpopp.cli.train_cmd)
 
 
 def _train(

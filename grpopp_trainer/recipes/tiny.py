@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from envs.base import Environment, Task
-from grpopp_trainer.progress import Ticker, quiet_transformers_bars
+from grpopp.envs.base import Environment, Task
+from grpopp.progress import Ticker, quiet_transformers_bars
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -277,8 +277,8 @@ def correct_counts(
 ) -> list[int]:
     """How many of ``samples`` completions of each task verify as correct, [len(tasks)]: greedy at
     temperature 0, else plain softmax sampling; decoded by the same engine that training uses."""
-    from grpopp_trainer.rollout.base import SamplingParams
-    from grpopp_trainer.rollout.hf import HFEngine
+    from grpopp.rollout.base import SamplingParams
+    from grpopp.rollout.hf import HFEngine
 
     engine = HFEngine(model, tokenizer, batch_size=256)
     params = SamplingParams(max_new_tokens=_EVAL_MAX_NEW_TOKENS, temperature=temperature, seed=seed)
@@ -392,7 +392,7 @@ def _build(
     folder: Path, config: TinyModelConfig, progress: Callable[[int, str], None] | None = None
 ) -> dict[str, float]:
     """Build, warm-start and save the model into ``folder``; the recipe file is written last."""
-    from envs.registry import make_env  # the registry imports grpopp_trainer; import it only when building
+    from grpopp.envs.registry import make_env  # the registry imports grpopp; import it only when building
 
     started = time.perf_counter()
     folder.mkdir(parents=True)

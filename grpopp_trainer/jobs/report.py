@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from grpopp_trainer.config_tools import UserError
+from grpopp.config_tools import UserError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from grpopp_trainer.config import LoggingConfig
+from grpopp.training.config import LoggingConfig
 
 WANDB_ID_FILE = "wandb_run_id"
 

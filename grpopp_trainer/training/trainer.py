@@ -39,20 +39,21 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from envs.base import Environment, Task
-from envs.mixture import Mixture, build_mixture
-from grpopp_trainer import checkpoint as ckpt
-from grpopp_trainer.advantages import compute_advantages
-from grpopp_trainer.batch import CollectStats, Group, Sample, TrainTensors, pad, score_groups, to_tensors
-from grpopp_trainer.config import TrainConfig
-from grpopp_trainer.distributed import barrier, gather_objects, gather_shares, my_share
-from grpopp_trainer.evaluate import EvalSettings, evaluate_engine
-from grpopp_trainer.losses import policy_loss
-from grpopp_trainer.policy import Policy, TokenBatch, completion_logprobs
-from grpopp_trainer.progress import quiet_transformers_bars
-from grpopp_trainer.rollout.base import RolloutEngine, SamplingParams
-from grpopp_trainer.run_log import RunLog, truncate_log
-from rewards.shaping import LengthLimits
+from grpopp.envs.base import Environment, Task
+from grpopp.envs.mixture import Mixture, build_mixture
+from grpopp.evaluation.evaluate import EvalSettings, evaluate_engine
+from grpopp.learner import checkpoint as ckpt
+from grpopp.learner.distributed import barrier, gather_objects, gather_shares, my_share
+from grpopp.learner.policy import Policy, TokenBatch, completion_logprobs
+from grpopp.objective.advantages import compute_advantages
+from grpopp.objective.losses import policy_loss
+from grpopp.progress import quiet_transformers_bars
+from grpopp.rewards.shaping import LengthLimits
+from grpopp.rollout.base import RolloutEngine, SamplingParams
+from grpopp.rollout.groups import Group, Sample, score_groups
+from grpopp.training.batch import CollectStats, TrainTensors, pad, to_tensors
+from grpopp.training.config import TrainConfig
+from grpopp.training.run_log import RunLog, truncate_log
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from grpopp_trainer.advantages import AdvantageScale
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.losses import LossConfig
-from rewards.shaping import LengthLimits
+from grpopp.config_tools import ConfigError
+from grpopp.objective.advantages import AdvantageScale
+from grpopp.objective.losses import LossConfig
+from grpopp.rewards.shaping import LengthLimits
 
 
 class DynamicSamplingConfig(BaseModel):

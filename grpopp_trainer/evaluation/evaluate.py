@@ -39,7 +39,7 @@ Held-out tasks: evaluation reads split "test" only, training split "train" only 
 the train stream). The environment contract keeps the two disjoint by content for every seed:
 procedural environments split their problem space by a hash of each problem, data environments hold
 out rows by a hash of the question or read a separate file less the training questions (see
-``envs.base``). Evaluation refuses a task that is not a test-split task (``held_out_tasks``).
+``grpopp.envs.base``). Evaluation refuses a task that is not a test-split task (``held_out_tasks``).
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from envs.base import Environment, Task
-from grpopp_trainer.batch import Group, score_groups
-from grpopp_trainer.config_tools import ConfigError
-from grpopp_trainer.distributed import SINGLE, DistInfo, gather_shares, my_share
-from grpopp_trainer.rollout.base import Completion, Prompt, RolloutEngine, SamplingParams
-from rewards.shaping import LengthLimits
-from rewards.types import Reward
+from grpopp.config_tools import ConfigError
+from grpopp.envs.base import Environment, Task
+from grpopp.learner.distributed import SINGLE, DistInfo, gather_shares, my_share
+from grpopp.rewards.shaping import LengthLimits
+from grpopp.rewards.types import Reward
+from grpopp.rollout.base import Completion, Prompt, RolloutEngine, SamplingParams
+from grpopp.rollout.groups import Group, score_groups
 
 JUDGED = ("correct", "incorrect", "unparseable")
 STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")

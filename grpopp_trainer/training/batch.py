@@ -1,0 +1,67 @@
+"""A training step's batch: what filling it cost, and the tensors handed to the loss.
+
+The groups themselves (``grpopp.rollout.groups``) are scored by their environments; here live the pure
+bookkeeping of a step: ``CollectStats`` (rounds, dropped groups, statuses, times), which samples count
+in the loss (valid, and not filtered as overlong: DAPO sec. 3.4), and the padded per-token tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from grpopp.rollout.groups import Group
+
+
+@dataclass
+class CollectStats:
+    """What happened while filling one step's batch."""
+
+    rounds: int = 0
+    generated: list[Group] = field(default_factory=list)
+    """Every group generated this step, kept or dropped (rewards and accuracy are measured on these)."""
+    groups_without_signal: int = 0
+    statuses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+
+
+@dataclass
+class TrainTensors:
+    """Per-completion tensors of a rollout batch, in group order (completion k of group g at g x G + k)."""
+
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    sampler_logprobs: list[list[float]]
+    rewards: torch.Tensor  # [N] total reward, NaN where invalid
+    valid: torch.Tensor  # [N] bool: the verifier could judge
+    trained: torch.Tensor  # [N] bool: counts in the loss (valid, and not filtered as overlong)
+
+
+def to_tensors(groups: Sequence[Group], filter_truncated: bool) -> TrainTensors:
+    """Flatten groups for the loss. Invalid samples (timeout, error) never count; truncated ones do not
+    either when DAPO's overlong filtering is on (they still take part in their group's statistics)."""
+    samples = [s for g in groups for s in g.samples]
+    valid = torch.tensor([s.reward.valid for s in samples])
+    truncated = torch.tensor([s.truncated for s in samples])
+    return TrainTensors(
+        prompts=[s.completion.prompt_ids for s in samples],
+        completions=[s.completion.token_ids for s in samples],
+        sampler_logprobs=[s.completion.logprobs for s in samples],
+        rewards=torch.cat([g.rewards for g in groups]).double(),
+        valid=valid,
+        trained=valid & ~truncated if filter_truncated else valid,
+    )
+
+
+def pad(rows: Sequence[Sequence[float] | torch.Tensor], length: int, device: torch.device) -> torch.Tensor:
+    """Right-pad rows of per-token values (lists or 1-D tensors) to [B, length] with zeros."""
+    out = torch.zeros(len(rows), length, dtype=torch.float32, device=device)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32, device=device)
+    return out
