@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -27,7 +27,9 @@ from grpopp.cli.plugins import (
 from grpopp.config_tools import UserError, validate_config
 from grpopp.envs.registry import env_class
 from grpopp.evaluation.evaluate import EvalSettings
+from grpopp.evaluation.results import CheckpointResult, MetricValue
 from grpopp.jobs.eval_job import EvalJob, resolve_job, reverify, run_eval
+from grpopp.rewards.types import VERIFY_STATUSES
 from grpopp.training.config import TrainConfig, is_run_dir
 
 console = Console()
@@ -91,42 +93,44 @@ def eval_command(
 
     record = {PLUGINS_FILE: records_json(plugins)} if plugins else {}
     folder, results = run_eval(targets, checkpoints, job_for, out, extra_files=record)
-    for point in results["checkpoints"]:
-        _print_checkpoint(point)
+    for point in results.checkpoints:
+        console.print(checkpoint_table(point))
     console.print(f"wrote {folder / 'results.json'} and {folder / 'samples.jsonl'}")
 
 
-def _cell(metric: dict[str, Any] | None, tasks: int) -> str:
-    """A metric's value and 95% interval; "(n=...)" when it covers fewer tasks than its column."""
-    if metric is None or metric["value"] is None:
+def _cell(metric: MetricValue | None, tasks: int) -> str:
+    """A metric's value and 95% interval; "(n=...)" when it covers fewer tasks than its column; "-"
+    when no task gives it."""
+    if metric is None or not math.isfinite(metric.value):
         return "-"
-    low, high = metric["ci95"]
-    interval = "" if low is None or math.isclose(low, high) else f" [{low:.3f}, {high:.3f}]"
-    count = "" if metric.get("tasks", tasks) == tasks else f" (n={metric['tasks']})"
-    return f"{metric['value']:.3f}{interval}{count}"
+    low, high = metric.ci95
+    interval = "" if math.isclose(low, high) else f" [{low:.3f}, {high:.3f}]"
+    count = "" if metric.tasks == tasks else f" (n={metric.tasks})"
+    return f"{metric.value:.3f}{interval}{count}"
 
 
-def _print_checkpoint(point: dict[str, Any]) -> None:
-    """One table per checkpoint: a row per metric, a column per environment and overall."""
-    columns = {**point["envs"], "overall": point["overall"]}
-    names = sorted({name for column in columns.values() for name in column["metrics"]}, key=_metric_order)
-    title = f"{point['checkpoint']}" + (f" (step {point['step']})" if point["step"] is not None else "")
+def checkpoint_table(point: CheckpointResult) -> Table:
+    """A checkpoint's table: a row per metric, a column per environment and overall; then lengths,
+    truncation and the samples of each status other than correct and incorrect (which the metrics count)."""
+    columns = {**point.envs, "overall": point.overall}
+    names = sorted({name for column in columns.values() for name in column.metrics}, key=_metric_order)
+    title = point.checkpoint + (f" (step {point.step})" if point.step is not None else "")
     table = Table(title=title, caption="value [95% bootstrap interval over tasks]")
     table.add_column("metric")
     for name in columns:
         table.add_column(name)
-    table.add_row("tasks", *(str(c["tasks"]) for c in columns.values()))
+    table.add_row("tasks", *(str(c.tasks) for c in columns.values()))
     for metric in names:
-        table.add_row(metric, *(_cell(c["metrics"].get(metric), c["tasks"]) for c in columns.values()))
-    table.add_row("mean length", *(_number(c["length_mean"], ".1f") for c in columns.values()))
-    table.add_row("truncated", *(_number(c["truncated"], ".3f") for c in columns.values()))
-    for status in ("unparseable", "timeout", "error"):
-        table.add_row(f"{status} (samples)", *(str(c["statuses"][status]) for c in columns.values()))
-    console.print(table)
+        table.add_row(metric, *(_cell(c.metrics.get(metric), c.tasks) for c in columns.values()))
+    table.add_row("mean length", *(_number(c.length_mean, ".1f") for c in columns.values()))
+    table.add_row("truncated", *(_number(c.truncated, ".3f") for c in columns.values()))
+    for status in (s for s in VERIFY_STATUSES if s not in ("correct", "incorrect")):
+        table.add_row(f"{status} (samples)", *(str(c.statuses.get(status, 0)) for c in columns.values()))
+    return table
 
 
-def _number(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _number(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "-"
 
 
 def _metric_order(name: str) -> tuple[int, int]:

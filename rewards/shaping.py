@@ -51,14 +51,21 @@ class RewardConfig(BaseModel):
     format_rules: FormatRules = FormatRules()
     """The rules the format reward checks."""
 
-    overlong: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    """Weight of DAPO's soft overlong punishment (value in [-1, 0]): its penalty factor. None: the
-    algorithm's (``algorithm.overlong.penalty_factor`` when its soft punishment is on, else 0)."""
-
     length: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """Weight of a linear length penalty, value -min(tokens / max_length, 1); 0 disables it."""
 
-    @field_validator("correctness", "format", "overlong", "length", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _overlong_is_the_algorithms(cls, data: object) -> object:
+        if isinstance(data, dict) and "overlong" in data:
+            raise ValueError(
+                f"overlong={data['overlong']!r}: the weight of the soft overlong punishment is set in one place, for "
+                "every environment: algorithm.overlong (soft_punishment: true, penalty_factor: <weight>); remove "
+                "overlong from this environment's reward"
+            )
+        return data
+
+    @field_validator("correctness", "format", "length", mode="before")
     @classmethod
     def _finite_weight(cls, value: object) -> object:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
@@ -92,7 +99,8 @@ class LengthLimits(BaseModel):
     """L_cache: the buffer before L_max in which the soft punishment ramps from 0 to -1."""
 
     overlong_factor: float = Field(0.0, ge=0.0, allow_inf_nan=False)
-    """The overlong weight used by environments whose ``RewardConfig.overlong`` is None."""
+    """Weight of the soft overlong punishment, the same for every environment: the algorithm's
+    ``overlong.penalty_factor`` when its soft punishment is on, else 0 (``AlgorithmConfig.length_limits``)."""
 
 
 def soft_overlong_punishment(length: int, max_length: int, cache_length: int) -> float:
@@ -155,12 +163,11 @@ def compose_reward(
     (one built without validation, e.g. a NaN score) counts as the verifier's error.
     """
     verification, problem = _checked_verdict(verification)
-    overlong_weight = limits.overlong_factor if config.overlong is None else config.overlong
     terms: dict[str, tuple[float, Callable[[], float]]] = {
         "correctness": (config.correctness, lambda: verification.score),
         "format": (config.format, lambda: format_reward(completion, config.format_rules)),
         "overlong": (
-            overlong_weight,
+            limits.overlong_factor,
             lambda: soft_overlong_punishment(num_tokens, limits.max_length, limits.cache_length),
         ),
         "length": (config.length, lambda: length_penalty(num_tokens, limits.max_length)),

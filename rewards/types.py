@@ -8,11 +8,13 @@ answers, and counts them by status.
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 VerifyStatus: TypeAlias = Literal["correct", "incorrect", "unparseable", "timeout", "error"]
+VERIFY_STATUSES: tuple[VerifyStatus, ...] = get_args(VerifyStatus)
+"""Every status a verifier reports, in ``VerifyStatus``' order (the order summaries list them)."""
 JUDGED_STATUSES: frozenset[str] = frozenset({"correct", "incorrect", "unparseable"})
 """Statuses that are a verdict on the completion; "timeout" and "error" mean no verdict."""
 

@@ -136,7 +136,7 @@ def evaluate(model_dir: Path, out: Path) -> None:
     if info.is_main:
         texts = [[s.completion.text for s in g.samples] for g in run.groups]
         tasks = [g.task.index for g in run.groups]
-        accuracy = run.overall["metrics"]["avg@1"]["value"]
+        accuracy = run.overall.avg.value
         (out / "eval.json").write_text(json.dumps({"tasks": tasks, "texts": texts, "accuracy": accuracy}))
     close_distributed()
 

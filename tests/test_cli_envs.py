@@ -51,7 +51,7 @@ def test_envs_list():
 def test_envs_show_lists_options_with_defaults_and_help():
     result = grpopp("envs", "show", "arithmetic")
     assert result.returncode == 0, result.stderr
-    for text in ("max_operand", "99", "Largest operand", "reward.format", "reward.overlong", "seed"):
+    for text in ("max_operand", "99", "Largest operand", "reward.format", "reward.length", "seed"):
         assert text in result.stdout
 
 

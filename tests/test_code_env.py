@@ -9,7 +9,7 @@ import pytest
 from grpopp.envs import code as code_module
 from grpopp.envs.check import check_env
 from grpopp.envs.code import extract_program
-from grpopp.envs.math_data import DataFileError
+from grpopp.envs.data_files import DataFileError
 from grpopp.envs.registry import list_envs, make_env
 from grpopp.rewards.code_judge import Outcome
 from grpopp.rewards.sandbox import SandboxConfig, SandboxUnavailable, unavailable_reason

@@ -4,6 +4,7 @@ recount of samples.jsonl; ``reverify``."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpopp.config_tools import ConfigError
+from grpopp.config_tools import ConfigError, UserError
 from grpopp.evaluation.evaluate import (
     EvalSettings,
     TaskOutcome,
@@ -23,7 +24,8 @@ from grpopp.evaluation.evaluate import (
     pass_at_k,
     summarise,
 )
-from grpopp.jobs.eval_job import parse_eval_env, resolve_targets, summarise_samples
+from grpopp.evaluation.results import CheckpointResult, EvalResults, MetricValue
+from grpopp.jobs.eval_job import parse_eval_env, resolve_targets, reverify, summarise_samples
 from grpopp.recipes.tiny import TinyModelConfig, load_or_create_tiny_model
 from grpopp.rollout.base import Completion, SamplingParams
 from grpopp.rollout.hf import HFEngine
@@ -105,20 +107,21 @@ def test_summary_of_hand_made_tasks():
         outcome([True, False, True, True]),  # c=3
     ]
     summary = summarise(tasks, EvalSettings(samples=4, bootstrap=200))
-    metrics = {name: m["value"] for name, m in summary["metrics"].items()}
+    metrics = {name: m.value for name, m in summary.metrics.items()}
     assert metrics["avg@4"] == pytest.approx((0.5 + 0 + 1 + 0.75) / 4)
     assert metrics["pass@1"] == pytest.approx((0.5 + 0 + 1 + 0.75) / 4)
     # pass@2: 1 - C(2,2)/C(4,2) = 5/6; 0; n=2,c=2 -> 1; 1 - C(1,2)/C(4,2) = 1
     assert metrics["pass@2"] == pytest.approx((5 / 6 + 0 + 1 + 1) / 4)
     assert metrics["pass@4"] == pytest.approx((1 + 0 + 1) / 3)  # the task with 2 judged samples is left out
-    assert summary["metrics"]["pass@4"]["tasks"] == 3
+    assert summary.metrics["pass@4"].tasks == 3
     # maj@2 over the first two judged answers: "1","1" -> right; "0","0" -> wrong; "1","1"; "1","0" -> tie, "1"
     assert metrics["maj@2"] == pytest.approx(3 / 4)
-    assert summary["statuses"] == {"correct": 7, "incorrect": 7, "unparseable": 0, "timeout": 2, "error": 0}
-    assert summary["tasks_without_enough_judged_samples"] == {"k=1": 0, "k=2": 0, "k=4": 1}
-    for metric in summary["metrics"].values():
-        low, high = metric["ci95"]
-        assert low <= metric["value"] <= high
+    assert summary.statuses == {"correct": 7, "incorrect": 7, "unparseable": 0, "timeout": 2, "error": 0}
+    assert summary.unjudged == 2
+    assert summary.tasks_without_enough_judged_samples == {"k=1": 0, "k=2": 0, "k=4": 1}
+    for metric in summary.metrics.values():
+        low, high = metric.ci95
+        assert low <= metric.value <= high
 
 
 def test_tasks_without_any_answer_count_wrong_for_maj_at_k():
@@ -126,15 +129,16 @@ def test_tasks_without_any_answer_count_wrong_for_maj_at_k():
     silent = outcome([False, False], answers=[None, None])  # e.g. two unparseable samples
     silent.has_answers = False
     summary = summarise([with_answer, silent], EvalSettings(samples=2, bootstrap=0))
-    metrics = summary["metrics"]
-    assert metrics["maj@2"]["value"] == 0.5 and metrics["maj@2"]["tasks"] == 2  # not 1.0 over one task
-    assert metrics["pass@2"]["value"] == 0.5 and metrics["pass@2"]["tasks"] == 2
+    metrics = summary.metrics
+    assert metrics["maj@2"].value == 0.5 and metrics["maj@2"].tasks == 2  # not 1.0 over one task
+    assert metrics["pass@2"].value == 0.5 and metrics["pass@2"].tasks == 2
 
 
 def test_timeouts_are_never_counted_as_wrong():
     judged_only = summarise([outcome([True, False])], EvalSettings(samples=2, bootstrap=0))
     with_timeouts = summarise([outcome([True, None, False, None])], EvalSettings(samples=4, bootstrap=0))
-    assert with_timeouts["metrics"]["avg@4"]["value"] == judged_only["metrics"]["avg@2"]["value"] == 0.5
+    assert with_timeouts.avg.value == judged_only.avg.value == 0.5
+    assert with_timeouts.metrics["avg@4"].value == judged_only.metrics["avg@2"].value
 
 
 def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
@@ -230,10 +234,11 @@ def test_summary_of_a_hand_built_samples_file(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in HAND_SAMPLES))
     (point,) = summarise_samples(path, EvalSettings(samples=4, bootstrap=0)).values()
-    arith, coin, overall = point["envs"]["arith"], point["envs"]["coin"], point["overall"]
+    assert (point.checkpoint, point.step, point.config) == ("ckpt", None, None)
+    arith, coin, overall = point.envs["arith"], point.envs["coin"], point.overall
 
     def value(summary, metric):
-        return summary["metrics"][metric]["value"]
+        return summary.metrics[metric].value
 
     # arith. per task (c/n): 2/4, 0/4, 2/3
     assert value(arith, "avg@4") == pytest.approx((1 / 2 + 0 + 2 / 3) / 3, abs=1e-12)
@@ -241,33 +246,33 @@ def test_summary_of_a_hand_built_samples_file(tmp_path):
     # pass@2: 1 - C(2,2)/C(4,2) = 5/6; 0; n - c = 1 < 2 -> 1
     assert value(arith, "pass@2") == pytest.approx((5 / 6 + 0 + 1) / 3, abs=1e-12)
     # pass@4: 1 (n - c = 2 < 4); 0; task 2 has only 3 judged samples: left out
-    assert value(arith, "pass@4") == 0.5 and arith["metrics"]["pass@4"]["tasks"] == 2
+    assert value(arith, "pass@4") == 0.5 and arith.metrics["pass@4"].tasks == 2
     # maj@1: first judged answer "5" right, "no answer" wrong, "3" wrong
     assert value(arith, "maj@1") == pytest.approx(1 / 3, abs=1e-12)
     # maj@2: "5","5" right; none, none wrong; "3","4" a tie that goes to "3", seen first: wrong
     assert value(arith, "maj@2") == pytest.approx(1 / 3, abs=1e-12)
     # maj@4 over pass@4's two tasks: "5" twice beats "7" and none: right; no answer at all: wrong.
     # (The old summary dropped task 1, having no answer, and gave maj@4 = 1.0, above pass@4 = 0.5.)
-    assert value(arith, "maj@4") == 0.5 and arith["metrics"]["maj@4"]["tasks"] == 2
+    assert value(arith, "maj@4") == 0.5 and arith.metrics["maj@4"].tasks == 2
     assert value(arith, "maj@4") <= value(arith, "pass@4")
-    assert arith["statuses"] == {"correct": 4, "incorrect": 2, "unparseable": 5, "timeout": 1, "error": 0}
-    assert arith["truncated"] == pytest.approx(4 / 12, abs=1e-12)
-    assert arith["length_mean"] == pytest.approx((8 * 10 + 4 * 32) / 12, abs=1e-12)
+    assert arith.statuses == {"correct": 4, "incorrect": 2, "unparseable": 5, "timeout": 1, "error": 0}
+    assert arith.truncated == pytest.approx(4 / 12, abs=1e-12)
+    assert arith.length_mean == pytest.approx((8 * 10 + 4 * 32) / 12, abs=1e-12)
 
     # coin: per task 3/4 and 0/4; no answers, so no maj@k
     assert value(coin, "avg@4") == pytest.approx(3 / 8, abs=1e-12)
     assert value(coin, "pass@2") == 0.5  # 1 - C(1,2)/C(4,2) = 1; 0
-    assert not [name for name in coin["metrics"] if name.startswith("maj@")]
+    assert not [name for name in coin.metrics if name.startswith("maj@")]
 
     # overall: avg and pass@k over all 5 tasks (pass@4 over the 4 with 4 judged samples) ...
     assert value(overall, "avg@4") == pytest.approx((1 / 2 + 0 + 2 / 3 + 3 / 4 + 0) / 5, abs=1e-12)
     assert value(overall, "pass@2") == pytest.approx((5 / 6 + 0 + 1 + 1 + 0) / 5, abs=1e-12)
-    assert overall["metrics"]["pass@4"] == {"value": 0.5, "ci95": [0.5, 0.5], "tasks": 4, "envs": ["arith", "coin"]}
+    assert overall.metrics["pass@4"] == MetricValue(value=0.5, ci95=(0.5, 0.5), tasks=4, envs=["arith", "coin"])
     # ... maj@k over arith's tasks only, with their count: coin reports no answers
     for k, (expected, tasks) in {1: (1 / 3, 3), 2: (1 / 3, 3), 4: (1 / 2, 2)}.items():
-        metric = overall["metrics"][f"maj@{k}"]
-        assert metric["value"] == pytest.approx(expected, abs=1e-12)
-        assert metric["tasks"] == tasks and metric["envs"] == ["arith"]
+        metric = overall.metrics[f"maj@{k}"]
+        assert metric.value == pytest.approx(expected, abs=1e-12)
+        assert metric.tasks == tasks and metric.envs == ["arith"]
 
 
 def test_summary_of_samples_refuses_a_train_split_record(tmp_path):
@@ -431,3 +436,158 @@ def test_evaluation_reports_progress_over_every_environment(monkeypatch):
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(2, 5), (3, 5), (5, 5)]  # arithmetic 2 + 1, then countdown 2
+
+
+# ----------------------------------------------------------------------------- typed results, results.json
+
+
+def test_summary_of_tasks_nobody_could_judge_is_nan_and_null_in_json():
+    # arithmetic by hand: task a has 2 judged samples (1 correct) and lengths 2, 2; task b only timeouts.
+    # avg@2 over a alone: 1/2; pass@2: 1 - C(1,2)/C(2,2) = 1; maj@2 over a: "1" then "0" tie -> "1": right.
+    judged, lost = outcome([True, False]), outcome([None, None])
+    summary = summarise([judged, lost], EvalSettings(samples=2, bootstrap=0))
+    assert (summary.avg.value, summary.avg.tasks, summary.avg.ci95) == (0.5, 1, (0.5, 0.5))
+    assert summary.metrics["pass@2"].value == 1.0 and summary.metrics["maj@2"].value == 1.0
+    assert summary.unjudged == 2 and summary.statuses["timeout"] == 2
+    assert summary.tasks_without_enough_judged_samples == {"k=1": 1, "k=2": 1}
+    # Only the task nobody judged: no metric has a task, so each is NaN, written null, read back NaN.
+    nothing = summarise([lost], EvalSettings(samples=2, bootstrap=0))
+    assert math.isnan(nothing.avg.value) and nothing.avg.tasks == 0 and nothing.avg.envs == []
+    assert all(math.isnan(bound) for bound in nothing.avg.ci95)
+    results = EvalResults(checkpoints=[CheckpointResult(checkpoint="c", envs={"e": nothing}, overall=nothing)])
+    written = json.loads(results.to_json())
+    assert written["checkpoints"][0]["overall"]["metrics"]["avg@2"] == {
+        "value": None, "ci95": [None, None], "tasks": 0, "envs": []
+    }  # fmt: skip
+    again = EvalResults.model_validate(written).checkpoints[0].overall
+    assert math.isnan(again.avg.value) and again.length_mean == 2.0 and again.truncated == 0.0
+
+
+def _summary_json(tasks: int, metrics: dict, statuses: list[int], length: float | None) -> dict:
+    """A summary as results.json holds it, written out by hand."""
+    return {
+        "tasks": tasks,
+        "samples_per_task": 2,
+        "metrics": metrics,
+        "tasks_without_enough_judged_samples": {"k=1": 0, "k=2": 1},
+        "length_mean": length,
+        "truncated": 0.25,
+        "statuses": dict(zip(["correct", "incorrect", "unparseable", "timeout", "error"], statuses, strict=True)),
+    }
+
+
+def _metric_json(value: float | None, low: float | None, high: float | None, tasks: int, envs: list[str]) -> dict:
+    return {"value": value, "ci95": [low, high], "tasks": tasks, "envs": envs}
+
+
+# A results.json of two environments as `grpopp eval` writes it (json.dumps(indent=2), null for NaN).
+ARITH = _summary_json(
+    2,
+    {
+        "avg@2": _metric_json(0.75, 0.5, 1.0, 2, ["arith"]),
+        "pass@1": _metric_json(0.75, 0.5, 1.0, 2, ["arith"]),
+        "pass@2": _metric_json(1.0, 1.0, 1.0, 1, ["arith"]),
+        "maj@1": _metric_json(None, None, None, 0, []),
+    },
+    [3, 1, 0, 0, 0],
+    12.5,
+)
+COIN = _summary_json(
+    2,
+    {"avg@2": _metric_json(0.25, 0.0, 0.5, 2, ["coin"]), "pass@1": _metric_json(0.25, 0.0, 0.5, 2, ["coin"])},
+    [1, 2, 1, 0, 0],
+    None,
+)
+OVERALL = _summary_json(
+    4,
+    {
+        "avg@2": _metric_json(0.5, 0.25, 0.75, 4, ["arith", "coin"]),
+        "pass@1": _metric_json(0.5, 0.25, 0.75, 4, ["arith", "coin"]),
+        "pass@2": _metric_json(1.0, 1.0, 1.0, 1, ["arith"]),
+    },
+    [4, 3, 1, 0, 0],
+    12.5,
+)
+RESULTS_JSON = {
+    "versions": {"grpopp": "0.1.0", "torch": "2.5.0"},
+    "checkpoints": [
+        {
+            "checkpoint": "run/checkpoints/step-000007",
+            "step": 7,
+            "envs": {"arith": ARITH, "coin": COIN},
+            "overall": OVERALL,
+            "config": {"envs": [{"name": "arith", "tasks": 2, "config": {}}]},
+        }
+    ],
+    "config": {"envs": [{"name": "arith", "tasks": 2, "config": {}}]},
+}
+
+
+def test_a_results_json_reads_into_the_model_and_prints_the_cli_table(tmp_path):
+    from rich.console import Console
+
+    from grpopp.cli.eval_cmd import checkpoint_table
+
+    path = tmp_path / "results.json"
+    text = json.dumps(RESULTS_JSON, indent=2) + "\n"
+    path.write_text(text)
+    results = EvalResults.read(path)
+    assert results.to_json() == text  # read and written back: the very bytes
+    (point,) = results.checkpoints
+    assert (point.step, list(point.envs)) == (7, ["arith", "coin"])
+    assert point.envs["arith"].avg == MetricValue(value=0.75, ci95=(0.5, 1.0), tasks=2, envs=["arith"])
+    assert math.isnan(point.envs["arith"].metrics["maj@1"].value) and math.isnan(point.envs["coin"].length_mean)
+    assert point.overall.unjudged == 0
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(checkpoint_table(point))
+    rows = {}
+    for line in console.export_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("│┃").split("│")]
+        if len(cells) == 4:
+            rows[cells[0]] = cells[1:]
+    assert rows["tasks"] == ["2", "2", "4"]
+    assert rows["avg@2"] == ["0.750 [0.500, 1.000]", "0.250 [0.000, 0.500]", "0.500 [0.250, 0.750]"]
+    # pass@2 covers 1 of each column's tasks: "(n=1)"; one point needs no interval; coin has none
+    assert rows["pass@2"] == ["1.000 (n=1)", "-", "1.000 (n=1)"]
+    assert rows["maj@1"] == ["-", "-", "-"]  # no task gave it (null), and not reported by coin
+    assert rows["mean length"] == ["12.5", "-", "12.5"]
+    assert rows["truncated"] == ["0.250", "0.250", "0.250"]
+    assert [rows[f"{status} (samples)"] for status in ("unparseable", "timeout", "error")] == [
+        ["0", "1", "1"],
+        ["0", "0", "0"],
+        ["0", "0", "0"],
+    ]
+    assert list(rows)[:5] == ["tasks", "avg@2", "pass@1", "pass@2", "maj@1"]  # avg, pass@k, maj@k, each by k
+
+
+def test_a_results_json_of_the_first_versions_reads_and_reverify_says_what_it_lacks(tmp_path):
+    old = json.loads(json.dumps(RESULTS_JSON))
+    del old["checkpoints"][0]["config"]  # the first results.json files had no per-checkpoint config ...
+    for summary in (*old["checkpoints"][0]["envs"].values(), old["checkpoints"][0]["overall"]):
+        for metric in summary["metrics"].values():
+            del metric["envs"]  # ... nor the environments of each metric
+    (tmp_path / "results.json").write_text(json.dumps(old, indent=2))
+    (point,) = EvalResults.read(tmp_path / "results.json").checkpoints
+    assert point.config is None and point.overall.metrics["pass@2"].envs == []
+    assert point.overall.avg.value == 0.5 and point.overall.avg.ci95 == (0.25, 0.75)
+    (tmp_path / "samples.jsonl").write_text(json.dumps(record("arith", 0, 0, "correct", "5")) + "\n")
+    with pytest.raises(ConfigError, match="checkpoint run/checkpoints/step-000007 has no config"):
+        reverify(tmp_path / "samples.jsonl")
+
+
+def test_a_file_that_is_no_results_json_is_refused_with_its_bad_key(tmp_path):
+    broken = json.loads(json.dumps(RESULTS_JSON))
+    del broken["checkpoints"][0]["overall"]["statuses"]
+    broken["checkpoints"][0]["envs"]["coin"]["metrics"]["avg@2"]["tasks"] = -1
+    (tmp_path / "results.json").write_text(json.dumps(broken))
+    with pytest.raises(UserError) as refused:
+        EvalResults.read(tmp_path / "results.json", shown_as="evals/x/results.json")
+    assert str(refused.value) == (
+        "evals/x/results.json: not a grpopp eval results.json: checkpoints.0.envs.coin.metrics.avg@2.tasks: "
+        "Input should be greater than or equal to 0; checkpoints.0.overall.statuses: Field required; evaluate "
+        "again to write a new one"
+    )
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"results.json: not a grpopp eval results.json \(JSONDecodeError"):
+        EvalResults.read(tmp_path / "results.json")

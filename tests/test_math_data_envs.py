@@ -8,7 +8,7 @@ import pytest
 
 from grpopp.config_tools import ConfigError
 from grpopp.envs.check import check_env
-from grpopp.envs.math_data import DataFileError
+from grpopp.envs.data_files import DataFileError
 from grpopp.envs.registry import make_env
 
 FAST = {"verifier": {"timeout_seconds": 5.0, "workers": 2}}

@@ -12,11 +12,12 @@ import typer
 from typer.testing import CliRunner
 
 from grpopp.cli.report_cmd import report_command
+from grpopp.evaluation.results import CheckpointResult
 from grpopp.jobs.report import (
     FIGURES,
-    CheckpointResult,
     ReportError,
     eval_results_figure,
+    eval_results_table,
     moving_average,
     read_jsonl,
     read_run,
@@ -94,16 +95,28 @@ def _training_row(step: int) -> dict:
     return row  # no tis/* keys: the importance-sampling figure is skipped
 
 
+def _summary(value: float, tasks: int, envs: list[str]) -> dict:
+    """A summary as ``grpopp eval`` writes it into results.json (``evaluate.summarise``)."""
+    metric = {"value": value, "ci95": [value - 0.1, value + 0.1], "tasks": tasks, "envs": envs}
+    pass4 = {"value": value + 0.2, "ci95": [value, 0.95], "tasks": tasks, "envs": envs}
+    return {
+        "tasks": tasks,
+        "samples_per_task": 4,
+        "metrics": {"avg@4": metric, "pass@1": metric, "pass@4": pass4},
+        "tasks_without_enough_judged_samples": {"k=1": 0, "k=4": 0},
+        "length_mean": 3.2,
+        "truncated": 0.0,
+        "statuses": {"correct": 2 * tasks, "incorrect": tasks, "unparseable": tasks // 4, "timeout": 0, "error": 0},
+    }
+
+
 def _checkpoint(step: int, value: float) -> dict:
-    metric = {"value": value, "ci95": [value - 0.1, value + 0.1]}
-    metrics = {"avg@4": metric, "pass@1": metric, "pass@4": {"value": value + 0.2, "ci95": [value, 0.95]}}
-    env = {"tasks": 40, "samples_per_task": 4, "metrics": metrics, "length_mean": 3.2, "truncated": 0.0}
-    env["statuses"] = {"correct": 80, "incorrect": 70, "timeout": 0, "error": 0, "unparseable": 10}
     return {
         "checkpoint": f"checkpoints/step-{step:06d}",
         "step": step,
-        "envs": {"arithmetic": env, "countdown": env},
-        "overall": {"metrics": metrics},
+        "envs": {"arithmetic": _summary(value, 40, ["arithmetic"]), "countdown": _summary(value, 40, ["countdown"])},
+        "overall": _summary(value, 80, ["arithmetic", "countdown"]),
+        "config": {},
     }
 
 
@@ -391,15 +404,15 @@ def test_report_md_opens_with_the_held_out_tables(report):
     assert lines[2] == "## Held-out results"
     table_start = lines.index("| checkpoint | environment | tasks | avg@4 | pass@1 | pass@4 |")
     # from _checkpoint(): value v with interval [v - 0.1, v + 0.1]; pass@4 = v + 0.2 in [v, 0.95];
-    # environments have 40 tasks, the overall row carries no task count
+    # environments have 40 tasks, the overall row their 80
     assert lines[table_start + 1 : table_start + 8] == [
         "|---|---|---|---|---|---|",
         "| step 10 | arithmetic | 40 | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
         "| step 10 | countdown | 40 | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
-        "| step 10 | overall | - | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
+        "| step 10 | overall | 80 | 0.400 [0.300, 0.500] | 0.400 [0.300, 0.500] | 0.600 [0.400, 0.950] |",
         "| step 20 | arithmetic | 40 | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
         "| step 20 | countdown | 40 | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
-        "| step 20 | overall | - | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
+        "| step 20 | overall | 80 | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.700 [0.500, 0.950] |",
     ]
     during = lines.index("| step | all environments | arithmetic | countdown |")
     assert lines[during + 1 : during + 4] == [
@@ -408,6 +421,32 @@ def test_report_md_opens_with_the_held_out_tables(report):
         "| 20 | 0.400 | 0.450 | 0.350 |",
     ]
     assert table_start < during < lines.index("## Run") < lines.index("## Summary")
+
+
+def test_results_json_of_the_first_versions_reads_and_a_broken_one_is_named(tmp_path):
+    run_dir = make_run_dir(tmp_path)
+    early = _checkpoint(5, 0.3)
+    del early["config"]  # the first results.json files: no per-checkpoint config, no envs per metric
+    for summary in (*early["envs"].values(), early["overall"]):
+        for metric in summary["metrics"].values():
+            metric.pop("envs", None)  # (avg@4 and pass@1 share one dict)
+        summary["metrics"]["pass@4"] = {"value": None, "ci95": [None, None], "tasks": 0}  # NaN, written null
+    for name, checkpoints in (("early", [early]), ("broken", [{**early, "overall": None}])):
+        (run_dir / "evals" / name).mkdir()
+        (run_dir / "evals" / name / "results.json").write_text(json.dumps({"versions": {}, "checkpoints": checkpoints}))
+    logs = read_run(run_dir)
+    assert eval_results_table(logs.eval_results["early"]) == [
+        "| checkpoint | environment | tasks | avg@4 | pass@1 | pass@4 |",
+        "|---|---|---|---|---|---|",
+        "| step 5 | arithmetic | 40 | 0.300 [0.200, 0.400] | 0.300 [0.200, 0.400] | - |",
+        "| step 5 | countdown | 40 | 0.300 [0.200, 0.400] | 0.300 [0.200, 0.400] | - |",
+        "| step 5 | overall | 80 | 0.300 [0.200, 0.400] | 0.300 [0.200, 0.400] | - |",
+    ]
+    assert "broken" not in logs.eval_results
+    assert logs.problems[-1] == (
+        "evals/broken/results.json: not a grpopp eval results.json: checkpoints.0.overall: Input should be a valid "
+        "dictionary or instance of Summary; evaluate again to write a new one (skipped)"
+    )
 
 
 def test_report_md_says_when_nothing_was_held_out(tmp_path):

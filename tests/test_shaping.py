@@ -2,6 +2,7 @@
 non-finite values (a NaN or inf score, component or weight) turned into errors or refused."""
 
 import pytest
+from pydantic import ValidationError
 
 from grpopp.rewards.extract import extract_answer, extract_answer_line, extract_boxed, extract_last_number
 from grpopp.rewards.shaping import (
@@ -93,10 +94,13 @@ def test_compose_reward_weights_every_component():
     }
 
 
-def test_env_overlong_weight_overrides_the_algorithm_default():
-    reward = compose_reward(VerifyResult(status="incorrect", score=0.0), "x", 20, RewardConfig(overlong=2.0), LIMITS)
-    assert reward.components["overlong"].weight == 2.0
-    assert reward.total == pytest.approx(-2.0)
+def test_the_overlong_weight_is_the_algorithms_alone():
+    # One place for the weight (issue 15): an environment's reward may not set its own.
+    with pytest.raises(ValidationError, match=r"set in one place.*algorithm.overlong \(soft_punishment: true"):
+        RewardConfig.model_validate({"overlong": 2.0})
+    reward = compose_reward(VerifyResult(status="incorrect", score=0.0), "x", 20, RewardConfig(), LIMITS)
+    assert reward.components["overlong"].weight == 0.5  # LIMITS.overlong_factor
+    assert reward.total == pytest.approx(-0.5)  # 0.5 x -1 at L_max
 
 
 @pytest.mark.parametrize("status", ["timeout", "error"])
@@ -242,7 +246,7 @@ def test_finite_or_error_guards_rewards_built_elsewhere():
     assert finite_or_error(masked) is masked
 
 
-@pytest.mark.parametrize("weight", ["correctness", "format", "overlong", "length"])
+@pytest.mark.parametrize("weight", ["correctness", "format", "length"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_reward_weights_must_be_finite(weight, value):
     with pytest.raises(ValueError, match=f"{weight}\n.*a reward weight must be a finite number, got {value}"):

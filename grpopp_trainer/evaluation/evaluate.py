@@ -19,6 +19,8 @@ as training rewards) and summarises per environment and overall:
 - mean completion length (tokens) and truncation rate, and the verifier statuses counted.
 
 Every metric says over how many tasks it is (``tasks``) and from which environments (``envs``).
+The summaries are typed records (``grpopp.evaluation.results``: ``Summary``, ``MetricValue``), the
+same that ``grpopp eval`` writes to results.json and the trainer, the CLI table and the report read.
 The overall row pools the tasks of every environment that reports the metric and no other: its
 maj@k is over the tasks of the environments with answers only, never diluted by the others.
 
@@ -48,7 +50,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,14 +58,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpopp.config_tools import ConfigError
 from grpopp.envs.base import Environment, Task
+from grpopp.evaluation.results import MetricValue, Summary
 from grpopp.learner.distributed import SINGLE, DistInfo, gather_shares, my_share
 from grpopp.rewards.shaping import LengthLimits
-from grpopp.rewards.types import Reward
+from grpopp.rewards.types import VERIFY_STATUSES, Reward, VerifyStatus
 from grpopp.rollout.base import Completion, Prompt, RolloutEngine, SamplingParams
 from grpopp.rollout.groups import Group, score_groups
 
-JUDGED = ("correct", "incorrect", "unparseable")
-STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")
 EVAL_CHUNK_ROWS = 1024
 """Most completions one generation call of an evaluation asks for (a step of its progress display)."""
 
@@ -138,7 +139,7 @@ class TaskOutcome:
 
     env: str
     task_id: str
-    statuses: list[str]
+    statuses: list[VerifyStatus]
     answers: list[tuple[str | None, bool]]
     """(normalised extracted answer, correct) of each judged sample, in sample order."""
     lengths: list[int]
@@ -175,7 +176,7 @@ def outcome_of(
     has_answers = False
     for reward in rewards:
         verification = reward.verification
-        if verification is None or verification.status not in JUDGED:
+        if verification is None or not verification.judged:
             continue
         extracted = None if verification.extracted is None else " ".join(verification.extracted.split())
         has_answers |= extracted is not None
@@ -189,19 +190,6 @@ def outcome_of(
         truncated=list(truncated),
         has_answers=has_answers,
     )
-
-
-@dataclass
-class Estimate:
-    value: float
-    ci95: tuple[float, float]
-    tasks: int
-    """Tasks that contributed (those with enough judged samples, of environments that report it)."""
-    envs: list[str] = field(default_factory=list)
-    """The environments those tasks come from."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "ci95": list(self.ci95), "tasks": self.tasks, "envs": self.envs}
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[float, float]:
@@ -219,12 +207,12 @@ def bootstrap_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[fl
 
 def estimate(
     values: Sequence[float], settings: EvalSettings, salt: str, outcomes: Sequence[TaskOutcome] = ()
-) -> Estimate:
+) -> MetricValue:
     """The mean of per-task ``values`` with its bootstrap interval; ``outcomes`` are their tasks."""
     value = math.fsum(values) / len(values) if values else math.nan
     seed = random.Random(f"{settings.seed}|{salt}").getrandbits(31)
     envs = sorted({o.env for o in outcomes})
-    return Estimate(value, bootstrap_ci(values, settings.bootstrap, seed), len(values), envs)
+    return MetricValue(value=value, ci95=bootstrap_ci(values, settings.bootstrap, seed), tasks=len(values), envs=envs)
 
 
 def answer_reporting_envs(outcomes: Sequence[TaskOutcome]) -> set[str]:
@@ -232,13 +220,13 @@ def answer_reporting_envs(outcomes: Sequence[TaskOutcome]) -> set[str]:
     return {o.env for o in outcomes if o.has_answers}
 
 
-def summarise(outcomes: Sequence[TaskOutcome], settings: EvalSettings, salt: str = "") -> dict[str, Any]:
+def summarise(outcomes: Sequence[TaskOutcome], settings: EvalSettings, salt: str = "") -> Summary:
     """Metrics of a set of tasks (one environment's, or every environment's for the overall row):
     avg@K, pass@k, maj@k with 95% CIs, length, truncation, statuses. Each metric is over the tasks
     that can give it (``tasks`` counts them): avg@K over tasks with a judged sample, pass@k and maj@k
     over tasks with >= k judged samples, maj@k only from environments that report answers."""
     ks = settings.resolved_ks()
-    metrics: dict[str, Estimate] = {}
+    metrics: dict[str, MetricValue] = {}
     judged = [o for o in outcomes if o.judged]
     metrics[f"avg@{settings.samples}"] = estimate(
         [o.correct / o.judged for o in judged], settings, f"{salt}avg", judged
@@ -256,26 +244,29 @@ def summarise(outcomes: Sequence[TaskOutcome], settings: EvalSettings, salt: str
     lengths = [length for o in outcomes for length in o.lengths]
     truncated = [t for o in outcomes for t in o.truncated]
     statuses = Counter(status for o in outcomes for status in o.statuses)
-    return {
-        "tasks": len(outcomes),
-        "samples_per_task": settings.samples,
-        "metrics": {name: est.to_json() for name, est in metrics.items()},
-        "tasks_without_enough_judged_samples": {
+    return Summary(
+        tasks=len(outcomes),
+        samples_per_task=settings.samples,
+        metrics=metrics,
+        tasks_without_enough_judged_samples={
             f"k={k}": sum(o.judged < k for o in outcomes) for k in sorted({*ks, settings.samples})
         },
-        "length_mean": math.fsum(lengths) / len(lengths) if lengths else math.nan,
-        "truncated": sum(truncated) / len(truncated) if truncated else math.nan,
-        "statuses": {status: statuses.get(status, 0) for status in STATUSES},
-    }
+        length_mean=math.fsum(lengths) / len(lengths) if lengths else math.nan,
+        truncated=sum(truncated) / len(truncated) if truncated else math.nan,
+        statuses={status: statuses.get(status, 0) for status in VERIFY_STATUSES},
+    )
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalRun:
     """Everything one checkpoint's evaluation produced."""
 
-    groups: list[Group] = field(default_factory=list)
-    per_env: dict[str, dict[str, Any]] = field(default_factory=dict)
-    overall: dict[str, Any] = field(default_factory=dict)
+    groups: list[Group]
+    """The scored groups of every environment, in task order."""
+    per_env: dict[str, Summary]
+    """Environment name -> its summary."""
+    overall: Summary
+    """Over the tasks of every environment."""
 
 
 def held_out_tasks(env: Environment[Any], count: int) -> list[Task]:
@@ -315,7 +306,8 @@ def evaluate_engine(
     Under torchrun (``dist``) each rank generates and scores its share of the tasks (own sampling
     seed), and every rank gets all scored groups back in task order before step 4; ``progress``
     then counts this rank's share."""
-    run = EvalRun()
+    all_groups: list[Group] = []
+    per_env: dict[str, Summary] = {}
     outcomes: list[TaskOutcome] = []
     params = params.for_rank(dist.rank)
     shares = {name: my_share(dist, held_out_tasks(env, tasks_per_env[name])) for name, env in envs.items()}  # 1.
@@ -332,11 +324,10 @@ def evaluate_engine(
         completions = generate_in_chunks(engine, [t.prompt for t in tasks], params, settings.samples, report)  # 2.
         groups = gather_shares(dist, score_groups(tasks, completions, {name: env}, limits))  # 3.
         env_outcomes = [task_outcome(g) for g in groups]
-        run.groups += groups
-        run.per_env[name] = summarise(env_outcomes, settings, salt=f"{name}|")  # 4.
+        all_groups += groups
+        per_env[name] = summarise(env_outcomes, settings, salt=f"{name}|")  # 4.
         outcomes += env_outcomes
-    run.overall = summarise(outcomes, settings, salt="overall|")
-    return run
+    return EvalRun(all_groups, per_env, summarise(outcomes, settings, salt="overall|"))
 
 
 def generate_in_chunks(

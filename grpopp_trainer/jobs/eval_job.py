@@ -15,7 +15,8 @@ refused evaluation changes no earlier evaluation in ``out`` and leaves no empty 
 Output (``out``, default RUN_DIR/evals/<UTC time> for a run directory, else evals/<UTC time>):
 
 - ``results.json``: the resolved job (environments, sampling, settings, limits), package versions,
-  and per checkpoint the metrics per environment and overall (``evaluate.summarise``).
+  and per checkpoint the metrics per environment and overall (``evaluate.summarise``): an
+  ``EvalResults`` of ``grpopp.evaluation.results``, the model the CLI table and the report read.
 - ``samples.jsonl``: one line per completion: checkpoint, step, env, task id, split and index,
   sample number, prompt, completion, finish reason, token count, the ``VerifyResult`` and the reward
   with every component.
@@ -61,6 +62,7 @@ from grpopp.evaluation.evaluate import (
     require_held_out,
     summarise,
 )
+from grpopp.evaluation.results import CheckpointResult, EvalResults, null_for_non_finite
 from grpopp.learner import checkpoint as ckpt
 from grpopp.progress import Ticker
 from grpopp.rewards.shaping import LengthLimits
@@ -223,7 +225,7 @@ def run_eval(
     job_for: Callable[[TrainConfig], EvalJob],
     out: Path | None,
     extra_files: Mapping[str, str] | None = None,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, EvalResults]:
     """Evaluate every checkpoint of ``targets``; ``job_for(config)`` resolves the job against each
     target's config. Returns the output folder and the results written to it (with ``extra_files``,
     name -> text, beside them).
@@ -248,10 +250,9 @@ def run_eval(
     out = out or ((first / "evals" / stamp) if is_run_dir(first) else Path("evals") / stamp)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file is there; give a folder for results.json and samples.jsonl")
-    results: dict[str, Any] = {"versions": _versions(), "checkpoints": []}
+    evaluated: list[CheckpointResult] = []
     with _new_files(out, [SAMPLES_FILE, RESULTS_FILE, *(extra_files or {})]) as staged:  # 2.
         for point, job, key in zip(checkpoints, jobs, keys, strict=True):  # 3.
-            results.setdefault("config", json.loads(key))
             config = point.config
             torch.manual_seed(job.settings.seed)
             source = model_source(config.model, point.path if point.step is not None else None)
@@ -268,19 +269,20 @@ def run_eval(
                     )
             finally:
                 engine.close()  # a vLLM engine ends before the next checkpoint's is built
-            results["checkpoints"].append(
-                {
-                    "checkpoint": point.path,
-                    "step": point.step,
-                    "envs": run.per_env,
-                    "overall": run.overall,
-                    "config": json.loads(key),  # targets may differ (e.g. two runs)
-                }
+            evaluated.append(
+                CheckpointResult(
+                    checkpoint=point.path,
+                    step=point.step,
+                    envs=run.per_env,
+                    overall=run.overall,
+                    config=json.loads(key),  # targets may differ (e.g. two runs)
+                )
             )
             _append_samples(staged[SAMPLES_FILE], point, run)
             del engine, model
             gc.collect()
-        staged[RESULTS_FILE].write_text(json.dumps(_finite(results), indent=2) + "\n")  # 4.
+        results = EvalResults(versions=_versions(), checkpoints=evaluated, config=json.loads(keys[0]))
+        staged[RESULTS_FILE].write_text(results.to_json())  # 4.
         for name, text in (extra_files or {}).items():
             staged[name].write_text(text)
     return out, results
@@ -329,7 +331,7 @@ def _append_samples(path: Path, point: Checkpoint, run: EvalRun) -> None:
                     "num_tokens": len(sample.completion.token_ids),
                     "reward": sample.reward.model_dump(mode="json"),
                 }
-                handle.write(json.dumps(_finite(record)) + "\n")
+                handle.write(json.dumps(null_for_non_finite(record)) + "\n")
 
 
 def _prompt_json(task: Task) -> str | list[dict[str, Any]]:
@@ -368,15 +370,7 @@ def reverify(samples_file: Path) -> ReverifyReport:
             f"{samples_file}: no {RESULTS_FILE} beside it; reverify needs the evaluation's config "
             "(environments and limits) that grpopp eval writes there"
         )
-    try:
-        results = json.loads(results_file.read_text(encoding="utf-8"))
-        jobs = {point["checkpoint"]: EvalJob.model_validate(point["config"]) for point in results["checkpoints"]}
-    except ValidationError as exc:
-        raise ConfigError(f"{results_file}: not a grpopp eval results.json: {format_validation_error(exc)}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{results_file}: not a grpopp eval results.json ({type(exc).__name__}: {exc}); evaluate again"
-        ) from None
+    jobs = {point.checkpoint: _job_of(results_file, point) for point in EvalResults.read(results_file).checkpoints}
     built: dict[str, tuple[EvalJob, dict[str, Environment[Any]]]] = {}  # job JSON -> (job, its environments)
     batches: dict[tuple[str, str], list[tuple[int, dict[str, Any], Task, Reward]]] = defaultdict(list)
     for number, line in enumerate(_read_text(samples_file).splitlines(), start=1):
@@ -430,35 +424,53 @@ def reverify(samples_file: Path) -> ReverifyReport:
     return report
 
 
+def _job_of(results_file: Path, point: CheckpointResult) -> EvalJob:
+    """The job ``point`` was evaluated with, as ``reverify`` needs it to rebuild the environments."""
+    if point.config is None:
+        raise ConfigError(
+            f"{results_file}: checkpoint {point.checkpoint} has no config (an early results.json); evaluate again"
+        )
+    try:
+        return EvalJob.model_validate(point.config)
+    except ValidationError as exc:
+        raise ConfigError(f"{results_file}: not a grpopp eval results.json: {format_validation_error(exc)}") from None
+
+
 # -- summaries from samples.jsonl --------------------------------------------------------------------
 
 
-def summarise_samples(samples_file: Path, settings: EvalSettings) -> dict[str, dict[str, Any]]:
-    """The metrics of a samples.jsonl, recomputed from its records alone (no model, no verifier):
-    per checkpoint, ``{"envs": {env: summary}, "overall": summary}`` as ``evaluate.summarise`` makes
-    them. Samples are grouped by (checkpoint, task id) in sample order; a record of a train-split
+def summarise_samples(samples_file: Path, settings: EvalSettings) -> dict[str, CheckpointResult]:
+    """The metrics of a samples.jsonl, recomputed from its records alone (no model, no verifier): per
+    checkpoint, its result as results.json holds it (without the job's ``config``, which the records
+    lack). Samples are grouped by (checkpoint, task id) in sample order; a record of a train-split
     task is refused."""
     tasks: dict[str, dict[tuple[str, str], dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    steps: dict[str, int | None] = {}
     for number, line in enumerate(_read_text(samples_file).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
             checkpoint, env, task_id, sample = record["checkpoint"], record["env"], record["task_id"], record["sample"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            step = None if record.get("step") is None else int(record["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"{samples_file}:{number}: not a grpopp eval sample ({type(exc).__name__}: {exc})"
             ) from exc
         _require_test_record(samples_file, number, record)
         tasks[str(checkpoint)][(env, task_id)][int(sample)] = record
-    results: dict[str, dict[str, Any]] = {}
+        steps.setdefault(str(checkpoint), step)
+    results: dict[str, CheckpointResult] = {}
     for checkpoint, groups in tasks.items():
         outcomes = [_record_outcome(env, task_id, samples) for (env, task_id), samples in groups.items()]
         per_env = {
             env: summarise([o for o in outcomes if o.env == env], settings, salt=f"{env}|")
             for env in dict.fromkeys(o.env for o in outcomes)
         }
-        results[checkpoint] = {"envs": per_env, "overall": summarise(outcomes, settings, salt="overall|")}
+        overall = summarise(outcomes, settings, salt="overall|")
+        results[checkpoint] = CheckpointResult(
+            checkpoint=checkpoint, step=steps[checkpoint], envs=per_env, overall=overall
+        )
     return results
 
 
@@ -497,14 +509,3 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "absent"
     return found
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or inf: write null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

@@ -10,7 +10,9 @@ What a run directory holds (see ``run_log``) and how the report reads it:
    last line of a run killed mid-write) is skipped and counted. A step logged twice keeps its last row.
 2. ``eval.jsonl``: one line per evaluation during training (``accuracy``, ``<env>/accuracy``).
 3. ``evals/<name>/results.json``: the checkpoints ``grpopp eval`` scored, each metric with its 95%
-   confidence interval; one figure per file.
+   confidence interval; one figure per file. Read with the model ``grpopp eval`` writes it from
+   (``grpopp.evaluation.results.EvalResults``); a file that is not one is skipped, and report.md
+   names it and its bad keys.
 4. ``config.yaml``: the resolved config, for a few lines of context at the top of report.md.
 
 Every training figure is one ``FigureSpec`` of ``FIGURES``: a concern (reward, length, clipping, ...)
@@ -43,9 +45,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from grpopp.config_tools import UserError
+from grpopp.evaluation.results import CheckpointResult, EvalResults, MetricValue, Summary
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -120,38 +123,6 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
 
-class MetricValue(_Record):
-    value: float | None = None
-    """The estimate (e.g. avg@4 over the tasks); None when it could not be computed."""
-    ci95: tuple[float, float] | None = None
-    """The 95% confidence interval [low, high]."""
-
-
-class EnvResult(_Record):
-    metrics: dict[str, MetricValue] = {}
-    """Metric name (avg@k, pass@k, maj@k) -> value."""
-    tasks: int | None = None
-    """Held-out tasks scored."""
-
-
-class CheckpointResult(_Record):
-    checkpoint: str
-    """Path of the checkpoint scored."""
-    step: int | None = None
-    """Its training step; None for a model that is not a checkpoint of a run."""
-    envs: dict[str, EnvResult] = {}
-    """Per environment."""
-    overall: EnvResult | None = None
-    """Over all environments."""
-
-
-class EvalResults(_Record):
-    """The part of ``grpopp eval``'s results.json the report draws."""
-
-    checkpoints: list[CheckpointResult]
-    """One entry per checkpoint scored."""
-
-
 @dataclass(frozen=True)
 class RunLogs:
     train: Series
@@ -184,9 +155,9 @@ def read_run(run_dir: Path) -> RunLogs:
     eval_results: dict[str, EvalResults] = {}
     for path in sorted((run_dir / "evals").glob("*/results.json")):
         try:
-            eval_results[path.parent.name] = EvalResults.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValidationError as error:
-            problems.append(f"{path.relative_to(run_dir)} could not be read ({error.error_count()} error(s)); skipped")
+            eval_results[path.parent.name] = EvalResults.read(path, shown_as=str(path.relative_to(run_dir)))
+        except UserError as error:
+            problems.append(f"{error} (skipped)")
     return RunLogs(
         train=rows_to_series(training_rows),
         evaluations=evaluations,
@@ -710,7 +681,7 @@ def _scopes(checkpoints: Sequence[CheckpointResult]) -> list[str]:
     return envs if len(envs) == 1 else [*envs, "overall"]
 
 
-def _scope_result(checkpoint: CheckpointResult, scope: str) -> EnvResult | None:
+def _scope_result(checkpoint: CheckpointResult, scope: str) -> Summary | None:
     return checkpoint.overall if scope == "overall" else checkpoint.envs.get(scope)
 
 
@@ -729,7 +700,7 @@ def eval_results_figure(name: str, results: EvalResults) -> tuple[Figure, list[s
             result = _scope_result(checkpoint, scope)
             x = float(checkpoint.step if checkpoint.step is not None else index)
             for metric, value in (result.metrics if result is not None else {}).items():
-                if value.value is not None and math.isfinite(value.value):
+                if math.isfinite(value.value):
                     by_metric.setdefault(metric, []).append((x, value))
         if by_metric:
             panels.append((scope, by_metric))
@@ -745,8 +716,8 @@ def eval_results_figure(name: str, results: EvalResults) -> tuple[Figure, list[s
             bound
             for points in by_metric.values()
             for _, value in points
-            for bound in (value.value, *(value.ci95 or ()))
-            if bound is not None
+            for bound in (value.value, *value.ci95)
+            if math.isfinite(bound)
         ]
         _set_limits(ax, values, FRACTION)
     return figure, [f"{scope}/{metric}" for scope, by_metric in panels for metric in sorted(by_metric)]
@@ -771,8 +742,8 @@ def _draw_eval_panel(ax: Axes, by_metric: EvalPoints) -> None:
     for index, metric in enumerate(sorted(by_metric)):
         offset = (index - (len(by_metric) - 1) / 2) * dodge
         xs = [x + offset for x, _ in by_metric[metric]]
-        ys = [value.value for _, value in by_metric[metric] if value.value is not None]
-        bounds = [value.ci95 or (y, y) for y, (_, value) in zip(ys, by_metric[metric], strict=True)]
+        ys = [value.value for _, value in by_metric[metric]]  # finite: eval_results_figure keeps those only
+        bounds = [value.ci95 for _, value in by_metric[metric]]
         below = [max(0.0, y - low) for y, (low, _) in zip(ys, bounds, strict=True)]
         above = [max(0.0, high - y) for y, (_, high) in zip(ys, bounds, strict=True)]
         ax.errorbar(xs, ys, yerr=[below, above], label=metric, marker="o", markersize=4, capsize=3)
@@ -812,9 +783,9 @@ def _metric_order(name: str) -> tuple[int, int, str]:
 
 def _value_cell(value: MetricValue | None) -> str:
     """``0.412 [0.371, 0.455]``: the estimate and its 95% interval (left out when it is one point)."""
-    if value is None or value.value is None or not math.isfinite(value.value):
+    if value is None or not math.isfinite(value.value):
         return "-"
-    low, high = value.ci95 if value.ci95 is not None else (value.value, value.value)
+    low, high = value.ci95
     interval = "" if math.isclose(low, high) else f" [{low:.3f}, {high:.3f}]"
     return f"{value.value:.3f}{interval}"
 
@@ -831,9 +802,8 @@ def eval_results_table(results: EvalResults) -> list[str]:
     lines = ["| checkpoint | environment | tasks | " + " | ".join(metrics) + " |", "|---" * (3 + len(metrics)) + "|"]
     for checkpoint, scope, result in rows:
         where = f"step {checkpoint.step}" if checkpoint.step is not None else f"`{checkpoint.checkpoint}`"
-        tasks = "-" if result.tasks is None else str(result.tasks)
         cells = " | ".join(_value_cell(result.metrics.get(metric)) for metric in metrics)
-        lines.append(f"| {where} | {scope} | {tasks} | {cells} |")
+        lines.append(f"| {where} | {scope} | {result.tasks} | {cells} |")
     return lines
 
 

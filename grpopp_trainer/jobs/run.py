@@ -193,14 +193,13 @@ def train(
     model, tokenizer = load_model(config.model, source)
     mixed = DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None  # FSDP only
     reference = None
-    if config.algorithm.loss.kl_coef > 0:
+    if config.derived().reference_model:
         initial, _ = load_model(config.model) if checkpoint else (model, tokenizer)
         reference = make_reference(initial)
         torch.nn.Module.to(reference, device)
         if dist_info.enabled:
             shard_model(reference, mixed)
-    total_optimizer_steps = config.steps * config.batch.mini_batches * config.batch.epochs
-    policy = Policy(model, tokenizer, config.optim, total_optimizer_steps, device, dist_info, mixed)
+    policy = Policy(model, tokenizer, config.optim, config.derived().total_optimizer_steps, device, dist_info, mixed)
     engine = make_engine(config, policy.model, tokenizer, source, dist_info)
     try:
         return _train(config, policy, engine, run_dir, reference, mixture, checkpoint, console, stop_after, started)
@@ -370,7 +369,7 @@ def _print_summary(
         ("environments", ", ".join(f"{e.name} (w={e.weight:g})" for e in config.envs)),
         ("steps", config.steps),
         ("prompts per step x group", f"{config.batch.prompts_per_step} x {config.rollout.completions_per_prompt}"),
-        *config.derived().items(),
+        *config.derived().rows(),
     ]
     if checkpoint is not None:
         rows.append(("resume from", checkpoint))

@@ -4,7 +4,11 @@
 aggregation, truncated importance sampling, KL); ``algorithms`` the algorithm config and its named
 presets (``grpopp``, ``dapo``, ``dr_grpo``, ...). Usable on its own in a hand-written loop::
 
-    from grpopp.objective.advantages import compute_advantages
-    from grpopp.objective.algorithms import get_preset
-    from grpopp.objective.losses import policy_loss
+    from grpopp.objective import compute_advantages, get_preset, policy_loss
 """
+
+from grpopp.objective.advantages import compute_advantages
+from grpopp.objective.algorithms import PRESETS, AlgorithmConfig, get_preset
+from grpopp.objective.losses import LossConfig, LossOutput, policy_loss
+
+__all__ = ["PRESETS", "AlgorithmConfig", "LossConfig", "LossOutput", "compute_advantages", "get_preset", "policy_loss"]

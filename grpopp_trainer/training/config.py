@@ -32,6 +32,7 @@ from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
 from grpopp.learner.optim import OptimConfig
 from grpopp.objective.algorithms import PRESETS, AlgorithmConfig
 from grpopp.objective.losses import LossConfig
+from grpopp.rewards.shaping import LengthLimits
 from grpopp.rollout.config import RolloutConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -234,23 +235,54 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    def derived(self) -> dict[str, int | float | str]:
-        """Values computed from the config, shown at start-up."""
-        group = self.rollout.completions_per_prompt
-        completions = self.batch.prompts_per_step * group
+    def derived(self) -> Derived:
+        """Values computed from the config: shown at start-up, read by the run and the trainer."""
+        completions = self.batch.prompts_per_step * self.rollout.completions_per_prompt
         per_mini_batch = completions // self.batch.mini_batches
-        limits = self.algorithm.length_limits(self.rollout.max_new_tokens)
-        return {
-            "completions per step": completions,
-            "completions per mini-batch": per_mini_batch,
-            "micro-batches per mini-batch": math.ceil(per_mini_batch / self.batch.micro_batch_size),
-            "optimizer steps per training step": self.batch.mini_batches * self.batch.epochs,
-            "total optimizer steps": self.steps * self.batch.mini_batches * self.batch.epochs,
-            "overlong L_max / L_cache / weight": (
-                f"{limits.max_length} / {limits.cache_length} / {limits.overlong_factor:g}"
+        optimizer_steps = self.batch.mini_batches * self.batch.epochs
+        return Derived(
+            completions_per_step=completions,
+            completions_per_mini_batch=per_mini_batch,
+            micro_batches_per_mini_batch=math.ceil(per_mini_batch / self.batch.micro_batch_size),
+            optimizer_steps_per_step=optimizer_steps,
+            total_optimizer_steps=self.steps * optimizer_steps,
+            length_limits=self.algorithm.length_limits(self.rollout.max_new_tokens),
+            reference_model=self.algorithm.loss.kl_coef > 0,
+        )
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values that follow from a ``TrainConfig`` (``TrainConfig.derived()``), computed in one place."""
+
+    completions_per_step: int
+    """prompts_per_step x completions_per_prompt."""
+    completions_per_mini_batch: int
+    micro_batches_per_mini_batch: int
+    optimizer_steps_per_step: int
+    """mini_batches x epochs."""
+    total_optimizer_steps: int
+    """What the learning-rate schedule spans: steps x optimizer_steps_per_step."""
+    length_limits: LengthLimits
+    """L_max, L_cache and the overlong weight of reward shaping (``AlgorithmConfig.length_limits``)."""
+    reference_model: bool
+    """Whether the run needs a reference model (a KL term: kl_coef > 0)."""
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) rows of the start-up summary and ``grpopp train --dry-run``."""
+        limits = self.length_limits
+        return [
+            ("completions per step", str(self.completions_per_step)),
+            ("completions per mini-batch", str(self.completions_per_mini_batch)),
+            ("micro-batches per mini-batch", str(self.micro_batches_per_mini_batch)),
+            ("optimizer steps per training step", str(self.optimizer_steps_per_step)),
+            ("total optimizer steps", str(self.total_optimizer_steps)),
+            (
+                "overlong L_max / L_cache / weight",
+                f"{limits.max_length} / {limits.cache_length} / {limits.overlong_factor:g}",
             ),
-            "reference model": "yes (kl_coef > 0)" if self.algorithm.loss.kl_coef > 0 else "no (kl_coef = 0)",
-        }
+            ("reference model", "yes (kl_coef > 0)" if self.reference_model else "no (kl_coef = 0)"),
+        ]
 
 
 def recipe_path(name: str) -> Path:

@@ -49,6 +49,7 @@ from grpopp.objective.advantages import compute_advantages
 from grpopp.objective.losses import policy_loss
 from grpopp.progress import quiet_transformers_bars
 from grpopp.rewards.shaping import LengthLimits
+from grpopp.rewards.types import VERIFY_STATUSES
 from grpopp.rollout.base import RolloutEngine, SamplingParams
 from grpopp.rollout.groups import Group, Sample, score_groups
 from grpopp.training.batch import CollectStats, TrainTensors, pad, to_tensors
@@ -89,7 +90,7 @@ class Trainer:
         self.reference = reference
         self.mixture: Mixture = mixture if mixture is not None else build_mixture(config.envs, seed=config.seed)
         self.envs: dict[str, Environment[Any]] = {env.name: env for env in self.mixture.envs}
-        self.limits: LengthLimits = config.algorithm.length_limits(config.rollout.max_new_tokens)
+        self.limits: LengthLimits = config.derived().length_limits
         self.step = 0
         self.skipped_updates = 0
         self.started = time.perf_counter() if started is None else started
@@ -185,7 +186,7 @@ class Trainer:
         reference = self._logprobs_no_grad(self.reference, tensors) if self.reference is not None else None
         # Mini-batches of whole groups, as equal as possible; fewer when dynamic sampling came back short.
         chunks = min(cfg.batch.mini_batches, num_groups)
-        slots_per_step = cfg.batch.mini_batches * cfg.batch.epochs
+        slots_per_step = cfg.derived().optimizer_steps_per_step
         collected: dict[str, list[float]] = defaultdict(list)
         order_rng = random.Random(self._seed("minibatch", 0))
         self.policy.model.train()
@@ -381,9 +382,9 @@ class Trainer:
             )
         results: dict[str, float] = {}
         for name, summary in run.per_env.items():
-            results[f"{name}/accuracy"] = summary["metrics"]["avg@1"]["value"]
-            results[f"{name}/unjudged"] = float(summary["statuses"]["timeout"] + summary["statuses"]["error"])
-        results["accuracy"] = run.overall["metrics"]["avg@1"]["value"]
+            results[f"{name}/accuracy"] = summary.avg.value
+            results[f"{name}/unjudged"] = float(summary.unjudged)
+        results["accuracy"] = run.overall.avg.value
         return results
 
     def _step_metrics(
@@ -419,7 +420,7 @@ class Trainer:
             "skipped_updates_total": float(self.skipped_updates),
         }
         total_statuses = sum(stats.statuses.values())
-        for status in ("timeout", "error", "unparseable"):
+        for status in (s for s in VERIFY_STATUSES if s not in ("correct", "incorrect")):  # the failed samples
             metrics[f"masked/{status}" if status != "unparseable" else "unparseable"] = stats.statuses.get(
                 status, 0
             ) / max(total_statuses, 1)
