@@ -118,7 +118,7 @@ def train_command(args: argparse.Namespace, engine: str, model_dir: Path, run_di
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc)]
         launch.append(grpopp)
     sets = {
-        "rollout.engine": engine,
+        "rollout.engine.type": engine,
         "rollout.max_new_tokens": args.max_new_tokens,
         "rollout.completions_per_prompt": args.group_size,
         "batch.prompts_per_step": args.prompts,
@@ -129,9 +129,10 @@ def train_command(args: argparse.Namespace, engine: str, model_dir: Path, run_di
         "logging.progress": "false",
         "model.dtype": "bfloat16" if args.nproc == 1 else "float32",
         "model.attn_implementation": "sdpa",
-        "rollout.vllm.gpu_memory_utilization": args.vllm_memory,
-        "rollout.vllm.max_model_len": args.max_new_tokens + 64,
     }
+    if engine == "vllm":
+        sets["rollout.engine.gpu_memory_utilization"] = args.vllm_memory
+        sets["rollout.engine.max_model_len"] = args.max_new_tokens + 64
     if args.nproc > 1:
         sets["model.fsdp_param_dtype"] = "bfloat16"  # float32 master weights, bf16 compute
     command = [*launch, "train", "--plugin", str(PLUGIN), "--env", "coin", "--model", str(model_dir)]
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--micro-batch-size", type=int, default=16)
-    parser.add_argument("--vllm-memory", type=float, default=0.35, help="rollout.vllm.gpu_memory_utilization")
+    parser.add_argument("--vllm-memory", type=float, default=0.35, help="rollout.engine.gpu_memory_utilization")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_gpu_train"))
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per engine run")

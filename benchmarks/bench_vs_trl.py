@@ -184,20 +184,20 @@ def profile_summary(profiler: Any, wanted: dict[str, tuple[str, str]], total: fl
 
 
 GRPOPP_PROFILE = {
-    "Trainer.train_step": ("grpopp/trainer.py", "train_step"),
-    "HFEngine.generate": ("grpopp/rollout/hf.py", "generate"),
-    "HFEngine._forward (model calls)": ("grpopp/rollout/hf.py", "_forward"),
-    "sample_next_tokens": ("grpopp/rollout/hf.py", "sample_next_tokens"),
-    "HFEngine._completion (decode)": ("grpopp/rollout/hf.py", "_completion"),
-    "score_groups": ("grpopp/batch.py", "score_groups"),
-    "Trainer.update": ("grpopp/trainer.py", "update"),
-    "completion_logprobs (forward)": ("grpopp/policy.py", "completion_logprobs"),
-    "policy_loss": ("grpopp/losses.py", "policy_loss"),
+    "Trainer.train_step": ("training/trainer.py", "train_step"),
+    "HFEngine.generate": ("rollout/hf.py", "generate"),
+    "HFEngine._forward (model calls)": ("rollout/hf.py", "_forward"),
+    "sample_next_tokens": ("rollout/hf.py", "sample_next_tokens"),
+    "HFEngine._completion (decode)": ("rollout/hf.py", "_completion"),
+    "score_groups": ("rollout/groups.py", "score_groups"),
+    "Trainer.update": ("training/trainer.py", "update"),
+    "completion_logprobs (forward)": ("learner/policy.py", "completion_logprobs"),
+    "policy_loss": ("objective/losses.py", "policy_loss"),
     "Tensor.backward": ("torch/_tensor.py", "backward"),
-    "Policy.step (clip + AdamW)": ("grpopp/policy.py", "step"),
-    "Trainer._step_metrics": ("grpopp/trainer.py", "_step_metrics"),
-    "RunLog.metrics + samples": ("grpopp/run_log.py", "_append"),
-    "Trainer.save (final checkpoint, in the loop)": ("grpopp/trainer.py", "save"),
+    "Policy.step (clip + AdamW)": ("learner/policy.py", "step"),
+    "Trainer._step_metrics": ("training/trainer.py", "_step_metrics"),
+    "RunLog.metrics + samples": ("training/run_log.py", "_append"),
+    "Trainer.save (final checkpoint, in the loop)": ("training/trainer.py", "save"),
 }
 
 

@@ -33,6 +33,7 @@ from grpopp.cli.sandbox_cmd import sandbox_app
 from grpopp.cli.train_cmd import train_command
 from grpopp.config_tools import apply_overrides
 from grpopp.objective.algorithms import PRESETS, AlgorithmConfig, get_preset
+from grpopp.training.config import current_overrides
 
 app = typer.Typer(
     help="grpopp: GRPO++ reinforcement learning from verifiable rewards for reasoning LLMs.",
@@ -56,18 +57,20 @@ console = Console()
 
 def _describe(cfg: AlgorithmConfig) -> dict[str, str]:
     loss = cfg.loss
-    clip = f"{loss.eps_low:g} / {loss.eps_high:g}" + (f", dual {loss.dual_clip:g}" if loss.dual_clip else "")
-    aggregation = loss.aggregation + (f" (L={loss.norm_length})" if loss.norm_length else "")
+    objective, aggregation, tis = loss.objective.model_dump(), loss.aggregation.model_dump(), loss.tis.model_dump()
+    clip = f"{objective['eps_low']:g} / {objective['eps_high']:g}"
+    clip += f", dual {objective['dual_clip']:g}" if objective.get("dual_clip") else ""
+    length = f" (L={aggregation['norm_length']})" if "norm_length" in aggregation else ""
     overlong = [
         name for name, on in (("soft", cfg.overlong.soft_punishment), ("filter", cfg.overlong.filter_truncated)) if on
     ]
     return {
-        "objective": loss.objective,
+        "objective": objective["type"],
         "clip low / high": clip,
-        "aggregation": aggregation,
+        "aggregation": aggregation["type"] + length,
         "advantage": cfg.advantage_scale,
         "KL": f"{loss.kl_estimator} x {loss.kl_coef:g}" if loss.kl_coef > 0 else "off",
-        "TIS": f"{loss.tis} (C={loss.tis_cap:g})" if loss.tis != "off" else "off",
+        "TIS": f"{tis['type']} (C={tis['cap']:g})" if "cap" in tis else tis["type"],
         "dyn. sampling": "on" if cfg.dynamic_sampling.enabled else "off",
         "overlong": ", ".join(overlong) or "off",
     }
@@ -118,11 +121,13 @@ def algo_show(
     name: Annotated[str, typer.Argument(help="Preset name (see grpopp algo list).")] = "grpopp",
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a field, e.g. --set loss.eps_high=0.3 (repeatable)."),
+        typer.Option("--set", help="Override a field, e.g. --set loss.objective.eps_high=0.3 (repeatable)."),
     ] = None,
 ) -> None:
     """Print one preset's complete configuration as JSON, with --set overrides validated."""
-    cfg = apply_overrides(get_preset(name), set_ or [])
+    # Keys as under `grpopp train --set algorithm.KEY` (short names and the flat loss keys work too).
+    assignments = current_overrides([f"algorithm.{assignment}" for assignment in set_ or []])
+    cfg = apply_overrides(get_preset(name), [assignment.removeprefix("algorithm.") for assignment in assignments])
     preset = PRESETS[name]
     error_console.print(f"[bold]{name}[/]: {preset.summary}\nsource: {preset.source}", highlight=False)
     if preset.optim:

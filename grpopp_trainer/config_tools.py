@@ -1,6 +1,6 @@
 """Config helpers shared by every pydantic config: dotted overrides and readable errors.
 
-``apply_overrides(cfg, ["loss.eps_high=0.28"])`` is what ``--set KEY=VALUE`` does on the CLI. An
+``apply_overrides(cfg, ["loss.objective.eps_high=0.28"])`` is what ``--set KEY=VALUE`` does on the CLI. An
 unknown key is refused with the closest known key suggested, or, when it is a TRL or verl name
 (``epsilon_high``, ``actor_rollout_ref.rollout.n``), with grpopp's key for it (``FOREIGN_NAMES``,
 the one table of those names); a bad value is refused with pydantic's reason and the dotted key it
@@ -54,33 +54,34 @@ class ForeignName:
 
 
 FOREIGN_NAMES: tuple[ForeignName, ...] = (
-    ForeignName("algorithm.loss.eps_low", ("epsilon",), ("actor_rollout_ref.actor.clip_ratio_low",)),
-    ForeignName("algorithm.loss.eps_high", ("epsilon_high",), ("actor_rollout_ref.actor.clip_ratio_high",)),
+    ForeignName("algorithm.loss.objective.eps_low", ("epsilon",), ("actor_rollout_ref.actor.clip_ratio_low",)),
+    ForeignName("algorithm.loss.objective.eps_high", ("epsilon_high",), ("actor_rollout_ref.actor.clip_ratio_high",)),
     ForeignName(
-        "algorithm.loss.eps_low",
+        "algorithm.loss.objective.eps_low",
         (),
         ("actor_rollout_ref.actor.clip_ratio",),
-        "verl's clip_ratio sets both bounds: set algorithm.loss.eps_low and algorithm.loss.eps_high",
+        "verl's clip_ratio sets both bounds: set algorithm.loss.objective.eps_low and .eps_high",
     ),
     ForeignName(
-        "algorithm.loss.dual_clip",
+        "algorithm.loss.objective.dual_clip",
         ("delta",),
         ("actor_rollout_ref.actor.clip_ratio_c",),
         "the ratio of a negative-advantage token is bounded by this constant c > 1",
     ),
     ForeignName(
-        "algorithm.loss.aggregation",
+        "algorithm.loss.aggregation.type",
         ("loss_type",),
         ("actor_rollout_ref.actor.loss_agg_mode",),
         "TRL grpo = seq_mean_token_mean, dapo and bnpo = token_mean, dr_grpo = constant_norm (with "
-        "algorithm.loss.norm_length), cispo = algorithm.loss.objective=cispo; verl token-mean = token_mean, "
+        "algorithm.loss.aggregation.norm_length), cispo = algorithm.loss.objective.type=cispo; verl token-mean = "
+        "token_mean, "
         "seq-mean-token-mean = seq_mean_token_mean, seq-mean-token-sum = seq_mean_token_sum, "
         "seq-mean-token-sum-norm = constant_norm. A whole recipe is a preset: algorithm.preset=dr_grpo; TRL's "
         "defaults as a whole: --set algorithm.preset=trl_dapo",
     ),
-    ForeignName("algorithm.loss.norm_length", (), ("actor_rollout_ref.actor.loss_scale_factor",)),
+    ForeignName("algorithm.loss.aggregation.norm_length", (), ("actor_rollout_ref.actor.loss_scale_factor",)),
     ForeignName(
-        "algorithm.loss.objective",
+        "algorithm.loss.objective.type",
         ("importance_sampling_level",),
         ("actor_rollout_ref.actor.policy_loss.loss_mode",),
         "TRL token = ppo_clip, sequence = gspo; verl vanilla = ppo_clip, gspo = gspo",
@@ -98,14 +99,14 @@ FOREIGN_NAMES: tuple[ForeignName, ...] = (
         "verl kl = k1, mse = k2, low_var_kl = k3",
     ),
     ForeignName(
-        "algorithm.loss.tis",
+        "algorithm.loss.tis.type",
         ("vllm_importance_sampling_mode", "vllm_importance_sampling_correction"),
         ("algorithm.rollout_correction.rollout_is",),
         "TRL's modes have the same names here; correction false = off; verl token = token_truncate, "
         "sequence = sequence_truncate",
     ),
     ForeignName(
-        "algorithm.loss.tis_cap",
+        "algorithm.loss.tis.cap",
         ("vllm_importance_sampling_clip_max", "vllm_importance_sampling_cap"),
         ("algorithm.rollout_correction.rollout_is_threshold",),
     ),
@@ -129,18 +130,20 @@ FOREIGN_NAMES: tuple[ForeignName, ...] = (
     ForeignName("rollout.top_p", ("top_p",), ("actor_rollout_ref.rollout.top_p",)),
     ForeignName("rollout.top_k", ("top_k",), ("actor_rollout_ref.rollout.top_k",)),
     ForeignName(
-        "rollout.engine",
+        "rollout.engine.type",
         ("use_vllm", "vllm_mode"),
         ("actor_rollout_ref.rollout.name",),
         "hf or vllm; grpopp's vLLM runs colocated in the trainer (TRL vllm_mode=colocate)",
     ),
     ForeignName(
-        "rollout.vllm.gpu_memory_utilization",
+        "rollout.engine.gpu_memory_utilization",
         ("vllm_gpu_memory_utilization",),
         ("actor_rollout_ref.rollout.gpu_memory_utilization",),
     ),
-    ForeignName("rollout.vllm.sleep_level", ("vllm_enable_sleep_mode",), (), "0 = no sleep mode, 1 or 2 = sleep"),
-    ForeignName("rollout.vllm.max_model_len", ("vllm_max_model_length",), ("actor_rollout_ref.rollout.max_model_len",)),
+    ForeignName("rollout.engine.sleep_level", ("vllm_enable_sleep_mode",), (), "0 = no sleep mode, 1 or 2 = sleep"),
+    ForeignName(
+        "rollout.engine.max_model_len", ("vllm_max_model_length",), ("actor_rollout_ref.rollout.max_model_len",)
+    ),
     ForeignName(
         "batch.prompts_per_step",
         ("generation_batch_size",),
@@ -192,7 +195,7 @@ FOREIGN_NAMES: tuple[ForeignName, ...] = (
     ForeignName("", ("max_prompt_length",), ("data.max_prompt_length",), "grpopp never truncates prompts"),
 )
 """TRL ``GRPOConfig`` and verl names of grpopp's settings: an unknown key that is one of them gets
-grpopp's key in its error (``--set algorithm.epsilon_high=0.28`` -> ``algorithm.loss.eps_high``)."""
+grpopp's key in its error (``--set algorithm.epsilon_high=0.28`` -> ``algorithm.loss.objective.eps_high``)."""
 
 
 def _foreign_index() -> dict[str, list[tuple[ForeignName, str, str]]]:
@@ -231,11 +234,11 @@ def foreign_name_hint(model: type[BaseModel], path: Sequence[str]) -> str | None
 
 
 def _key_under(model: type[BaseModel], key: str) -> str:
-    """``key`` (a TrainConfig path) as seen from ``model``: "loss.eps_high" under an AlgorithmConfig."""
+    """``key`` (a TrainConfig path) as seen from ``model``: "loss.objective.eps_high" under an
+    AlgorithmConfig."""
     parts = key.split(".")
     for start in range(len(parts)):
-        parent = _field_model(model, parts[start:-1])
-        if parent is not None and parts[-1] in parent.model_fields:
+        if any(parts[-1] in parent.model_fields for parent in _models_at(model, parts[start:-1])):
             return ".".join(parts[start:])
     return f"{key} (a training-config key)"
 
@@ -251,18 +254,28 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _field_model(model: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
-    """The model reached by walking ``path`` (field names; list indices are stepped over), or None."""
-    current: type[BaseModel] = model
+def _models_at(model: type[BaseModel], path: Sequence[str | int]) -> list[type[BaseModel]]:
+    """The models reached by walking ``path`` (field names; list indices are stepped over): one, or
+    every member of a variant field (``union_members``); [] when the path leads to no model."""
+    current = [model]
     for part in path:
         if isinstance(part, int) or str(part).isdigit():
             continue
-        field = current.model_fields.get(str(part))
-        nested = _nested_model(field.annotation) if field is not None else None
-        if nested is None:
-            return None
-        current = nested
+        reached: list[type[BaseModel]] = []
+        for parent in current:
+            field = parent.model_fields.get(str(part))
+            if field is None:
+                continue
+            members = list(union_members(field.annotation).values())
+            nested = _nested_model(field.annotation)
+            reached += [m for m in members if m not in reached] or ([nested] if nested is not None else [])
+        current = reached
     return current
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
+    """The field names of the models at ``path``, in order, without repeats."""
+    return list(dict.fromkeys(name for parent in _models_at(model, path) for name in parent.model_fields))
 
 
 def unknown_key_message(model: type[BaseModel], path: Sequence[str]) -> str:
@@ -273,12 +286,11 @@ def unknown_key_message(model: type[BaseModel], path: Sequence[str]) -> str:
     if foreign is not None:
         return f"unknown key {key!r}: {foreign}"
     depth = 0
-    while depth < len(path) - 1 and _field_model(model, path[: depth + 1]) is not None:
+    while depth < len(path) - 1 and _models_at(model, path[: depth + 1]):
         depth += 1
-    parent = _field_model(model, path[:depth])
-    if parent is None:
+    fields = _fields_at(model, path[:depth])
+    if not fields:
         return f"unknown key {key!r}"
-    fields = list(parent.model_fields)
     part = path[depth]
     close = difflib.get_close_matches(part, fields, n=1)
     hint = f" Did you mean {'.'.join([*path[:depth], close[0]])!r}?" if close else ""
@@ -288,15 +300,88 @@ def unknown_key_message(model: type[BaseModel], path: Sequence[str]) -> str:
     return f"unknown key {key!r}: {where} has no field {part!r}.{hint} Known fields there: {', '.join(fields)}"
 
 
+@dataclass(frozen=True)
+class _ErrorPlace:
+    """Where a pydantic error points, as a config key: the location without the variant tags pydantic
+    inserts (``objective.cispo.dual_clip`` -> ``objective.dual_clip``), the variants of the last
+    variant field passed (tag -> member) and the tag taken there."""
+
+    parts: list[str]
+    variants: dict[str, type[BaseModel]]
+    tag: str | None
+
+
+def _error_place(model: type[BaseModel], loc: Sequence[str | int]) -> _ErrorPlace:
+    items = [str(part) for part in loc]
+    parts: list[str] = []
+    variants: dict[str, type[BaseModel]] = {}
+    tag: str | None = None
+    current: type[BaseModel] | None = model
+    index = 0
+    while index < len(items):
+        part = items[index]
+        parts.append(part)
+        index += 1
+        field = current.model_fields.get(part) if current is not None else None
+        if part.isdigit() or field is None:  # a list index stays on the list's model
+            current = current if part.isdigit() else None
+            continue
+        members = union_members(field.annotation)
+        if members:
+            variants, tag = members, items[index] if index < len(items) and items[index] in members else None
+            index += tag is not None
+            current = members.get(tag or "")
+        else:
+            variants, tag, current = {}, None, _nested_model(field.annotation)
+    return _ErrorPlace(parts, variants, tag)
+
+
+def _variant_message(place: _ErrorPlace, key: str, item: Any) -> str | None:
+    """The message of an error about a variant field: an unknown ``type``, none given, or a field the
+    chosen variant does not have (naming the variants that have it); None for any other error."""
+    tags = ", ".join(place.variants)
+    if item["type"] == "union_tag_invalid":
+        return f"{key}.type: unknown {item['ctx']['tag']!r}; choose one of {tags}"
+    if item["type"] == "union_tag_not_found":
+        return f"{key}: say which variant with {key}.type, one of {tags}"
+    if item["type"] == "extra_forbidden" and place.tag is not None and len(place.parts) >= 2:
+        field, member = place.parts[-1], place.variants[place.tag]
+        have = [tag for tag, other in place.variants.items() if field in other.model_fields]
+        where = f" ({', '.join(have)} {'has' if len(have) == 1 else 'have'} it)" if have else ""
+        return (
+            f"unknown key {key!r}: the {place.tag!r} variant has no field {field!r}{where}; its fields: "
+            f"{', '.join(member.model_fields)}"
+        )
+    return None
+
+
 def format_validation_error(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     """One line per problem: ``key.path: reason (got value)`` (a rule across fields names its keys in
-    its reason); an unknown key of ``model`` says what it may have meant (``unknown_key_message``)."""
+    its reason); an unknown key of ``model`` says what it may have meant (``unknown_key_message``), and
+    an error inside a variant (``union_members``) names the variants."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        place = _error_place(model, item["loc"]) if model else _ErrorPlace([str(p) for p in item["loc"]], {}, None)
+        key = ".".join(part for part in (prefix, *place.parts) if part != "")
+        variant = _variant_message(place, key, item) if place.variants else None
+        if variant is not None:
+            lines.append(variant)
+            continue
         if item["type"] == "extra_forbidden" and model is not None:
-            message = unknown_key_message(model, [str(part) for part in item["loc"]])
+            message = unknown_key_message(model, place.parts)
             lines.append(f"{prefix}: {message}" if prefix else message)
+            continue
+        if item["type"] == "missing" and model is not None:
+            fields = {
+                name: info
+                for parent in _models_at(model, place.parts[:-1])
+                for name, info in parent.model_fields.items()
+            }
+            about = fields.get(place.parts[-1])
+            lines.append(
+                f"{key} is required: give it a value"
+                + (f" ({about.description})" if about and about.description else "")
+            )
             continue
         reason = item["msg"].removeprefix("Value error, ")
         got = "" if item["type"] == "value_error" else f" (got {item['input']!r})"
@@ -354,10 +439,12 @@ def _check_path(model: type[BaseModel], path: list[str], data: Any = None) -> di
             tag = node.get("type") if isinstance(node, dict) else None
             holders = [m for m in [members.get(str(tag)), *members.values()] if m and field in m.model_fields]
             if not holders:
-                known = sorted({name for member in members.values() for name in member.model_fields})
+                known = _fields_at(model, path[: depth + 1])
+                close = difflib.get_close_matches(field, known, n=1)
+                hint = f" Did you mean {key}.{close[0]}?" if close else ""
                 raise ConfigError(
                     f"unknown key {'.'.join(path)!r}: no variant of {key} ({', '.join(members)}) has a field "
-                    f"{field!r}; their fields: {', '.join(known)}"
+                    f"{field!r}.{hint} Their fields: {', '.join(known)}"
                 )
             if field == "type" and depth + 1 == len(path) - 1:
                 return members
@@ -370,29 +457,35 @@ def _check_path(model: type[BaseModel], path: list[str], data: Any = None) -> di
     return {}
 
 
+def set_key(model: type[BaseModel], data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of ``data`` (a ``model`` as a dict, e.g. its ``model_dump()``) to ``value``,
+    refusing a key that names no field. Setting a variant's ``type`` (``algorithm.loss.objective.type=
+    gspo``) keeps the fields both variants have and drops the others."""
+    path = key.split(".")
+    variants = _check_path(model, path, data)
+    target = data
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    if variants:
+        if value is False and "off" in variants:
+            value = "off"  # YAML 1.1, and --set, read `off` as false
+        if str(value) not in variants:
+            raise ConfigError(f"{key}: unknown {value!r}; choose one of {', '.join(variants)}")
+        kept = variants[str(value)].model_fields
+        for name in [name for name in target if name not in kept]:
+            del target[name]
+    target[path[-1]] = value
+
+
 def apply_overrides(config: ModelT, assignments: Sequence[str]) -> ModelT:
-    """Return a copy of ``config`` with ``KEY.PATH=VALUE`` assignments applied and re-validated.
-    Switching a variant (``algorithm.loss.objective.type=gspo``) keeps the fields both variants have
-    and drops the others."""
+    """Return a copy of ``config`` with ``KEY.PATH=VALUE`` assignments applied (``set_key``) and
+    re-validated."""
     data: dict[str, Any] = config.model_dump()
     for assignment in assignments:
         key, sep, raw_value = assignment.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {assignment!r} is not KEY=VALUE, e.g. loss.eps_high=0.28")
-        path = key.split(".")
-        variants = _check_path(type(config), path, data)
-        target = data
-        for part in path[:-1]:
-            target = target[part]
-        value = parse_value(raw_value)
-        if variants:
-            if str(value) not in variants:
-                raise ConfigError(f"{key}: unknown {value!r}; choose one of {', '.join(variants)}")
-            kept = variants[str(value)].model_fields
-            for name in [name for name in target if name not in kept]:
-                del target[name]
-        target[path[-1]] = value
+        if not sep or not key.strip():
+            raise ConfigError(f"override {assignment!r} is not KEY=VALUE, e.g. loss.objective.eps_high=0.28")
+        set_key(type(config), data, key.strip(), parse_value(raw_value))
     return validate_config(type(config), data)
 
 

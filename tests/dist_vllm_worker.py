@@ -2,7 +2,7 @@
 
 Usage: ``python tests/dist_vllm_worker.py MODE MODEL_DIR OUT_DIR`` (or under ``torchrun --nproc-per-node N``).
 
-``train``: ``grpopp.jobs.run.train`` with ``rollout.engine=vllm``, vLLM itself replaced by
+``train``: ``grpopp.jobs.run.train`` with ``rollout.engine.type=vllm``, vLLM itself replaced by
 tests/vllm_fake.py (through ``vllm_engine._load_vllm``, so everything else is the real path). The
 fake starts from a perturbed copy of the model, so a weight load that does not happen shows. The run
 has sleep level 2 (every generation after the first needs a load, a collective under FSDP), dynamic
@@ -77,10 +77,9 @@ def train(model_dir: Path, out: Path) -> None:
                 "seed": 5,
                 "envs": [{"name": "coin_half_flat"}],
                 "rollout": {
-                    "engine": "vllm",
+                    "engine": {"type": "vllm", "sleep_level": 2, "weight_sync_bucket_mb": 1, "integrity_probe": False},
                     "completions_per_prompt": 2,
                     "max_new_tokens": 3,
-                    "vllm": {"sleep_level": 2, "weight_sync_bucket_mb": 1, "integrity_probe": False},
                 },
                 "algorithm": {"preset": "grpopp", "dynamic_sampling": {"enabled": True, "max_generation_rounds": 3}},
                 "batch": {"prompts_per_step": 4, "micro_batch_size": 2},

@@ -5,7 +5,7 @@ import pytest
 from grpopp.config_tools import ConfigError, apply_overrides, parse_value
 from grpopp.objective.algorithms import PRESETS, AlgorithmConfig, OverlongConfig, get_preset
 
-# Settings read from each source (see SPEC.md and the papers), written out independently of the code:
+# Settings read from each source (the papers and TRL's source), written out independently of the code:
 # (objective, eps_low, eps_high, aggregation, advantage scale, kl_coef, tis, dynamic sampling, soft overlong)
 EXPECTED = {
     "grpo": ("ppo_clip", 0.2, 0.2, "seq_mean_token_mean", "group", 0.04, "off", False, False),  # DeepSeekMath
@@ -22,13 +22,13 @@ EXPECTED = {
 def test_preset_follows_its_source(name):
     cfg = get_preset(name)
     got = (
-        cfg.loss.objective,
-        cfg.loss.eps_low,
-        cfg.loss.eps_high,
-        cfg.loss.aggregation,
+        cfg.loss.objective.type,
+        cfg.loss.objective.eps_low,
+        cfg.loss.objective.eps_high,
+        cfg.loss.aggregation.type,
         cfg.advantage_scale,
         cfg.loss.kl_coef,
-        cfg.loss.tis,
+        cfg.loss.tis.type,
         cfg.dynamic_sampling.enabled,
         cfg.overlong.soft_punishment,
     )
@@ -45,7 +45,7 @@ def test_every_preset_is_listed_and_round_trips():
 
 def test_grpo_uses_k3_and_dr_grpo_a_constant_length():
     assert get_preset("grpo").loss.kl_estimator == "k3"
-    assert get_preset("dr_grpo").loss.norm_length == 3000  # Oat-Zero's maximum generation length
+    assert get_preset("dr_grpo").loss.aggregation.norm_length == 3000  # Oat-Zero's maximum generation length
     assert get_preset("dapo").dynamic_sampling.max_generation_rounds == 10  # verl max_num_gen_batches
 
 
@@ -55,20 +55,23 @@ def test_unknown_preset_suggests_the_closest():
 
 
 def test_overrides_apply_and_revalidate():
-    cfg = apply_overrides(get_preset("dapo"), ["loss.eps_high=0.3", "dynamic_sampling.enabled=false"])
-    assert cfg.loss.eps_high == 0.3 and cfg.dynamic_sampling.enabled is False
-    assert get_preset("dapo").loss.eps_high == 0.28  # the preset itself is untouched
-    cfg = apply_overrides(get_preset("grpo"), ["loss.aggregation=constant_norm", "loss.norm_length=512"])
-    assert cfg.loss.norm_length == 512
+    cfg = apply_overrides(get_preset("dapo"), ["loss.objective.eps_high=0.3", "dynamic_sampling.enabled=false"])
+    assert cfg.loss.objective.eps_high == 0.3 and cfg.dynamic_sampling.enabled is False
+    assert get_preset("dapo").loss.objective.eps_high == 0.28  # the preset itself is untouched
+    cfg = apply_overrides(
+        get_preset("grpo"), ["loss.aggregation.type=constant_norm", "loss.aggregation.norm_length=512"]
+    )
+    assert cfg.loss.aggregation.norm_length == 512
 
 
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("loss.eps_hihg=0.3", "loss has no field 'eps_hihg'. Did you mean 'loss.eps_high'"),
-        ("los.eps_high=0.3", "Did you mean 'loss'"),
-        ("loss.aggregation=constant_norm", "loss: aggregation='constant_norm' needs norm_length"),
-        ("loss.eps_low=-1", "loss.eps_low: Input should be greater than or equal to 0"),
+        ("loss.eps_hihg=0.3", "loss has no field 'eps_hihg'"),
+        ("loss.objective.eps_hihg=0.3", "Did you mean loss.objective.eps_high"),
+        ("los.objective=ppo_clip", "Did you mean 'loss'"),
+        ("loss.aggregation.type=constant_norm", "loss.aggregation.norm_length is required"),
+        ("loss.objective.eps_low=-1", "loss.objective.eps_low: Input should be greater than or equal to 0"),
         ("advantage_scale.x=1", "'advantage_scale' has no sub-keys"),
         ("loss.eps_high", "is not KEY=VALUE"),
     ],
@@ -95,14 +98,14 @@ def test_parse_value(text, value):
 # trl/trainer/grpo_config.py and grpo_trainer.py, line numbers of that release), each with the
 # grpopp field that carries it. TRL is no dependency here, so the values are written out.
 TRL_1_16_0_DEFAULTS = {
-    "loss.objective": "ppo_clip",  # importance_sampling_level="token" (grpo_config.py:760)
-    "loss.eps_low": 0.2,  # epsilon=0.2 (grpo_config.py:693)
-    "loss.eps_high": 0.2,  # epsilon_high=None -> epsilon (grpo_config.py:705; grpo_trainer.py:946)
-    "loss.dual_clip": None,  # delta=None (grpo_config.py:697)
-    "loss.aggregation": "token_mean",  # loss_type="dapo": sum / tokens of the batch (grpo_config.py:801)
+    "loss.objective.type": "ppo_clip",  # importance_sampling_level="token" (grpo_config.py:760)
+    "loss.objective.eps_low": 0.2,  # epsilon=0.2 (grpo_config.py:693)
+    "loss.objective.eps_high": 0.2,  # epsilon_high=None -> epsilon (grpo_config.py:705; grpo_trainer.py:946)
+    "loss.objective.dual_clip": None,  # delta=None (grpo_config.py:697)
+    "loss.aggregation.type": "token_mean",  # loss_type="dapo": sum / tokens of the batch (grpo_config.py:801)
     "loss.kl_coef": 0.0,  # beta=0.0 (grpo_config.py:681)
-    "loss.tis": "sequence_mask",  # vllm_importance_sampling_correction=True, _mode="sequence_mask" (:925, :934)
-    "loss.tis_cap": 3.0,  # vllm_importance_sampling_clip_max=3.0 (grpo_config.py:947)
+    "loss.tis.type": "sequence_mask",  # vllm_importance_sampling_correction=True, _mode="sequence_mask" (:925, :934)
+    "loss.tis.cap": 3.0,  # vllm_importance_sampling_clip_max=3.0 (grpo_config.py:947)
     "advantage_scale": "group",  # scale_rewards="group" (grpo_config.py:789)
     "advantage_eps": 1e-4,  # advantages / (std_rewards + 1e-4) (grpo_trainer.py:2787)
     "dynamic_sampling.enabled": False,  # TRL has no dynamic sampling

@@ -18,6 +18,7 @@ import json
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -172,11 +173,11 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "unknown key": (["train", "--set", "optim.lrr=1", "--dry-run"], ("'optim.lrr'", "Did you mean 'optim.lr'")),
     "TRL epsilon_high": (
         ["train", "--set", "algorithm.epsilon_high=0.28", "--dry-run"],
-        ("'algorithm.epsilon_high'", "TRL", "algorithm.loss.eps_high"),
+        ("'algorithm.epsilon_high'", "TRL", "algorithm.loss.objective.eps_high"),
     ),
     "TRL loss_type": (
         ["train", "--set", "algorithm.loss_type=dr_grpo", "--dry-run"],
-        ("'algorithm.loss_type'", "algorithm.loss.aggregation", "dr_grpo = constant_norm"),
+        ("'algorithm.loss_type'", "algorithm.loss.aggregation.type", "dr_grpo = constant_norm"),
     ),
     "TRL num_generations": (
         ["train", "--set", "rollout.num_generations=8", "--dry-run"],
@@ -193,11 +194,11 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "verl clip_ratio_high": (
         ["train", "--set", "actor_rollout_ref.actor.clip_ratio_high=0.28", "--dry-run"],
-        ("verl", "algorithm.loss.eps_high"),
+        ("verl", "algorithm.loss.objective.eps_high"),
     ),
     "TRL name in a config file": (
         ["train", "--config", "trl.yaml", "--dry-run"],
-        ("'algorithm.epsilon_high'", "algorithm.loss.eps_high"),
+        ("'algorithm.epsilon_high'", "algorithm.loss.objective.eps_high"),
     ),
     "typo in a config file's list": (
         ["train", "--config", "envtypo.yaml", "--dry-run"],
@@ -205,7 +206,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "TRL name in algo show": (
         ["algo", "show", "dapo", "--set", "epsilon_high=0.3"],
-        ("'epsilon_high'", "loss.eps_high"),
+        ("'epsilon_high'", "loss.objective.eps_high"),
     ),
     "value below its bound": (["train", "--set", "optim.lr=-1", "--dry-run"], ("optim.lr", "greater than 0")),
     "group of one": (
@@ -401,15 +402,15 @@ def test_bad_input_in_a_subprocess(workspace: Path, case: str) -> None:
 
 
 def is_train_config_key(key: str) -> bool:
-    """Whether a dotted key names a field of TrainConfig (walked by hand, field by field)."""
-    model: type[BaseModel] = TrainConfig
+    """Whether a dotted key names a field of TrainConfig (walked by hand, field by field; a variant
+    field, a union of models such as algorithm.loss.objective, into each of its members)."""
+    models: list[type[BaseModel]] = [TrainConfig]
     *parents, leaf = key.split(".")
     for part in parents:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return False
-        model = annotation
-    return leaf in model.model_fields
+        annotations = [model.model_fields[part].annotation for model in models if part in model.model_fields]
+        members = [arg for annotation in annotations for arg in (typing.get_args(annotation) or (annotation,))]
+        models = [member for member in members if isinstance(member, type) and issubclass(member, BaseModel)]
+    return any(leaf in model.model_fields for model in models)
 
 
 @pytest.mark.parametrize("entry", FOREIGN_NAMES, ids=lambda entry: (entry.trl + entry.verl)[0])

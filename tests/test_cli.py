@@ -30,15 +30,16 @@ def test_algo_show_prints_resolved_json_with_overrides():
     result = grpopp("algo", "show", "dapo", "--set", "loss.eps_high=0.3", "--set", "loss.kl_coef=0.01")
     assert result.returncode == 0, result.stderr
     cfg = json.loads(result.stdout)
-    assert cfg["loss"]["eps_high"] == 0.3 and cfg["loss"]["kl_coef"] == 0.01
-    assert cfg["loss"]["eps_low"] == 0.2  # untouched fields keep the preset's value
+    # loss.eps_high is the flat loss form's key (as `grpopp train --set algorithm.loss.eps_high`)
+    assert cfg["loss"]["objective"]["eps_high"] == 0.3 and cfg["loss"]["kl_coef"] == 0.01
+    assert cfg["loss"]["objective"]["eps_low"] == 0.2  # untouched fields keep the preset's value
     assert "2503.14476" in result.stderr  # the source is shown beside the config
 
 
 def test_algo_show_bad_key_fails_with_the_fix():
-    result = grpopp("algo", "show", "dapo", "--set", "loss.eps_hihg=0.3")
+    result = grpopp("algo", "show", "dapo", "--set", "loss.objective.eps_hihg=0.3")
     assert result.returncode == 2
-    assert "Did you mean 'loss.eps_high'" in result.stderr
+    assert "Did you mean loss.objective.eps_high?" in result.stderr
     assert result.stdout == ""
 
 

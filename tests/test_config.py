@@ -13,8 +13,11 @@ from grpopp.envs.base import prompt_text
 from grpopp.envs.mixture import build_mixture
 from grpopp.evaluation.evaluate import EvalSettings
 from grpopp.jobs.eval_job import resolve_job
+from grpopp.objective.losses import CISPO, GSPO, ConstantNorm, NoTIS, SequenceMask
 from grpopp.recipes.tiny import TINY_ARITHMETIC_ENV
 from grpopp.rewards.shaping import FormatRules, RewardConfig, format_reward
+from grpopp.rollout.hf import HFEngineConfig
+from grpopp.rollout.vllm_engine import VLLMEngineConfig
 from grpopp.training.config import (
     EvalConfig,
     LoggingConfig,
@@ -40,11 +43,13 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_yaml_off_is_read_as_false_and_accepted_as_tis_off(tmp_path):
     assert yaml.safe_load("tis: off") == {"tis": False}  # YAML 1.1: the reason for the validator
     config = load_train_config(write(tmp_path, "algorithm:\n  preset: grpopp\n  loss: {tis: off}\n"))
-    assert config.algorithm.loss.tis == "off"
+    assert config.algorithm.loss.tis == NoTIS()
     config = load_train_config(write(tmp_path, "algorithm: {preset: grpopp, tis: off}\n"))  # short name
-    assert config.algorithm.loss.tis == "off"
-    assert load_train_config(overrides=["algorithm.tis=false"]).algorithm.loss.tis == "off"
-    with pytest.raises(ConfigError, match=r"algorithm.loss.tis: Input should be 'off', .* \(got True\)"):
+    assert config.algorithm.loss.tis == NoTIS()
+    config = load_train_config(write(tmp_path, "algorithm: {preset: grpopp, loss: {tis: {type: off}}}\n"))
+    assert config.algorithm.loss.tis == NoTIS()
+    assert load_train_config(overrides=["algorithm.tis=false"]).algorithm.loss.tis == NoTIS()
+    with pytest.raises(ConfigError, match=r"algorithm.loss.tis.type: unknown True; choose one of off, token_truncate"):
         load_train_config(write(tmp_path, "algorithm: {preset: grpopp, tis: on}\n"))
 
 
@@ -96,17 +101,17 @@ def test_the_files_own_optim_values_win_over_the_presets(tmp_path):
 def test_set_algorithm_preset_on_the_recipe(tmp_path):
     config = load_train_config(overrides=["algorithm.preset=trl_dapo"])
     assert config.algorithm.name == "trl_dapo"
-    assert config.algorithm.loss.tis == "sequence_mask" and config.algorithm.loss.eps_high == 0.2
+    assert config.algorithm.loss.tis == SequenceMask(cap=3.0) and config.algorithm.loss.objective.eps_high == 0.2
     assert not config.algorithm.dynamic_sampling.enabled and not config.algorithm.overlong.soft_punishment
     assert _optim(config) == TRL_OPTIM
     assert config.optim.lr == RECIPE["optim"]["lr"] == 1e-4  # the recipe sets its lr: it stays
     # the file's algorithm overrides apply to the preset chosen on the command line
     path = write(tmp_path, "algorithm: {preset: grpopp, loss: {eps_high: 0.3}}\n")
     config = load_train_config(path, overrides=["algorithm.preset=trl_dapo"])
-    assert (config.algorithm.name, config.algorithm.loss.eps_high) == ("trl_dapo + overrides", 0.3)
-    assert config.algorithm.loss.tis == "sequence_mask"
+    assert (config.algorithm.name, config.algorithm.loss.objective.eps_high) == ("trl_dapo + overrides", 0.3)
+    assert config.algorithm.loss.tis == SequenceMask(cap=3.0)
     config = load_train_config(overrides=["algorithm.preset=trl_dapo", "algorithm.eps_high=0.28"])
-    assert (config.algorithm.name, config.algorithm.loss.eps_high) == ("trl_dapo + overrides", 0.28)
+    assert (config.algorithm.name, config.algorithm.loss.objective.eps_high) == ("trl_dapo + overrides", 0.28)
     with pytest.raises(ConfigError, match="unknown preset 'trl'; known: grpo, dapo"):
         load_train_config(overrides=["algorithm.preset=trl"])
 
@@ -166,3 +171,68 @@ def test_a_format_weight_without_a_rule_is_refused_with_the_fix(tmp_path):
     assert RewardConfig(format=0.0).format == 0.0  # no weight, no rule needed
     for rule in ("think", "boxed", "answer_line"):  # any one rule is enough
         assert RewardConfig(format=0.2, format_rules=FormatRules(**{rule: True})).format == 0.2
+
+
+# ---------------------------------------------------------------- the flat form of before the unions
+
+FLAT_RUN_CONFIG = """
+rollout: {engine: vllm, completions_per_prompt: 4, max_new_tokens: 8, batch_size: 64,
+          vllm: {max_model_len: 64, enforce_eager: true, sleep_level: null}}
+algorithm:
+  name: grpopp
+  loss: {objective: cispo, eps_low: 1.0, eps_high: 4.0, dual_clip: null, aggregation: constant_norm,
+         norm_length: 8, kl_coef: 0.0, kl_estimator: k3, tis: sequence_mask, tis_cap: 3.0}
+"""
+"""A run's config.yaml as grpopp wrote it before loss variants and engines were unions (every key
+written, nulls included; batch_size was ignored under vllm)."""
+
+
+def test_a_run_config_in_the_flat_form_loads_as_the_nested_one(tmp_path):
+    config = load_train_config(write(tmp_path, FLAT_RUN_CONFIG))
+    assert config.rollout.engine == VLLMEngineConfig(max_model_len=64, enforce_eager=True)
+    loss = config.algorithm.loss
+    assert loss.objective == CISPO(eps_low=1.0, eps_high=4.0)
+    assert loss.aggregation == ConstantNorm(norm_length=8)
+    assert loss.tis == SequenceMask(cap=3.0)
+    assert load_train_config(write(tmp_path, "rollout: {engine: hf, batch_size: 8}\n")).rollout.engine == (
+        HFEngineConfig(batch_size=8)
+    )
+
+
+def test_set_takes_the_flat_keys_and_the_short_names():
+    flat = load_train_config(
+        overrides=[
+            "algorithm.loss.objective=gspo",  # a flat key: the variant's type
+            "algorithm.eps_low=3e-4",  # a short name
+            "algorithm.loss.tis_cap=3",
+            "rollout.engine=vllm",
+            "rollout.vllm.max_model_len=64",
+        ]
+    )
+    nested = load_train_config(
+        overrides=[
+            "algorithm.loss.objective.type=gspo",
+            "algorithm.loss.objective.eps_low=3e-4",
+            "algorithm.loss.tis.cap=3",
+            "rollout.engine.type=vllm",
+            "rollout.engine.max_model_len=64",
+        ]
+    )
+    assert flat == nested
+    # From the grpopp preset's ppo_clip: the clip range and dual clip are kept, as gspo has them too.
+    assert nested.algorithm.loss.objective == GSPO(eps_low=3e-4, eps_high=0.28, dual_clip=3.0)
+    assert nested.rollout.engine == VLLMEngineConfig(max_model_len=64)
+    hf = load_train_config(overrides=["rollout.batch_size=8"]).rollout.engine
+    assert hf == HFEngineConfig(batch_size=8)
+
+
+def test_switching_variant_drops_the_fields_the_new_one_lacks(tmp_path):
+    # grpopp's ppo_clip has dual_clip=3; cispo has no dual clip, so it goes; eps_low/eps_high stay.
+    config = load_train_config(overrides=["algorithm.objective.type=cispo"])
+    assert config.algorithm.loss.objective == CISPO(eps_low=0.2, eps_high=0.28)
+    path = write(tmp_path, "algorithm: {preset: grpopp, loss: {objective: {type: cispo, eps_high: 4.0}}}\n")
+    assert load_train_config(path).algorithm.loss.objective == CISPO(eps_low=0.2, eps_high=4.0)
+    with pytest.raises(ConfigError, match="the 'cispo' variant has no field 'dual_clip' \\(ppo_clip, gspo have it\\)"):
+        load_train_config(overrides=["algorithm.objective.type=cispo", "algorithm.objective.dual_clip=2"])
+    with pytest.raises(ConfigError, match="the 'hf' variant has no field 'max_model_len' \\(vllm has it\\)"):
+        load_train_config(overrides=["rollout.engine.max_model_len=64"])

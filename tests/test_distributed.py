@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from random_model import save_random_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -64,12 +65,7 @@ def initial_state() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
-    path = tmp_path_factory.mktemp("random-model")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("random-model"), num_layers=2)
 
 
 def steps_logged(run_dir: Path) -> list[int]:
@@ -120,7 +116,7 @@ VLLM_WORKER = str(HERE / "dist_vllm_worker.py")
 
 
 def test_vllm_engine_under_torchrun_follows_the_sharded_policy(tmp_path, model_dir):
-    """``grpopp.jobs.run.train`` with ``rollout.engine=vllm`` on 2 processes, vLLM replaced by
+    """``grpopp.jobs.run.train`` with ``rollout.engine.type=vllm`` on 2 processes, vLLM replaced by
     tests/vllm_fake.py: each rank's engine ends with exactly the saved weights (gathered from the
     FSDP shards; the float32 master weights rounded to the bf16 compute dtype), every rank makes the
     same weight loads, sleeps and wake-ups (collectives stay matched, also when rank 1 has no

@@ -21,7 +21,9 @@ def reference_loss(logp, old, adv, mask, cfg, sampler, ref, num_items=None):
     """Naive per-token GRPO++ loss; logp is a [B, T] leaf, everything else plain data."""
     batch, length = logp.shape
     lp = logp.detach().tolist()
-    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
+    objective, aggregation, tis = cfg.objective.type, cfg.aggregation.type, cfg.tis.type
+    lo, hi = 1 - cfg.objective.eps_low, 1 + cfg.objective.eps_high
+    dual_clip = getattr(cfg.objective, "dual_clip", None)
     pg_total, kl_total, n_tokens, n_seqs = 0.0, 0.0, 0, 0
     for i in range(batch):
         tokens = [t for t in range(length) if mask[i][t] == 1]
@@ -34,36 +36,36 @@ def reference_loss(logp, old, adv, mask, cfg, sampler, ref, num_items=None):
         seq_log_w = sum(float(old[i][t]) - float(sampler[i][t]) for t in tokens)
         pg_seq, kl_seq = 0.0, 0.0
         for t in tokens:
-            if cfg.objective == "cispo":
+            if objective == "cispo":
                 w = min(max(math.exp(lp[i][t] - float(old[i][t])), lo), hi)
                 loss = -w * a * logp[i, t]
             else:
-                if cfg.objective == "ppo_clip":
+                if objective == "ppo_clip":
                     r = torch.exp(logp[i, t] - float(old[i][t]))
                 else:  # gspo-token: value s_i, gradient s_i * d log pi
                     r = math.exp(seq_log_ratio) * torch.exp(logp[i, t] - lp[i][t])
                 unclipped, clipped = -a * r, -a * torch.clamp(r, lo, hi)
                 loss = unclipped if unclipped.item() >= clipped.item() else clipped
-                if cfg.dual_clip is not None and a < 0 and loss.item() > -a * cfg.dual_clip:
-                    loss = loss * 0 + (-a * cfg.dual_clip)
-            if cfg.tis != "off":
-                log_w = seq_log_w if cfg.tis.startswith("sequence") else float(old[i][t]) - float(sampler[i][t])
+                if dual_clip is not None and a < 0 and loss.item() > -a * dual_clip:
+                    loss = loss * 0 + (-a * dual_clip)
+            if tis != "off":
+                log_w = seq_log_w if tis.startswith("sequence") else float(old[i][t]) - float(sampler[i][t])
                 w = math.exp(log_w)
-                if cfg.tis.endswith("truncate"):
-                    w = min(w, cfg.tis_cap)
-                elif w > cfg.tis_cap:
+                if tis.endswith("truncate"):
+                    w = min(w, cfg.tis.cap)
+                elif w > cfg.tis.cap:
                     w = 0.0
                 loss = loss * w
             d = float(ref[i][t]) - logp[i, t]
             kl = {"k1": -d, "k2": 0.5 * d * d, "k3": torch.exp(d) - d - 1}[cfg.kl_estimator]
             pg_seq = pg_seq + loss
             kl_seq = kl_seq + kl
-        per_seq_divisor = len(tokens) if cfg.aggregation == "seq_mean_token_mean" else 1
+        per_seq_divisor = len(tokens) if aggregation == "seq_mean_token_mean" else 1
         pg_total = pg_total + pg_seq / per_seq_divisor
         kl_total = kl_total + kl_seq / per_seq_divisor
     if num_items is None:
-        num_items = n_tokens if cfg.aggregation == "token_mean" else n_seqs
-    denominator = max(num_items, 1) * (cfg.norm_length if cfg.aggregation == "constant_norm" else 1)
+        num_items = n_tokens if aggregation == "token_mean" else n_seqs
+    denominator = max(num_items, 1) * (cfg.aggregation.norm_length if aggregation == "constant_norm" else 1)
     return (pg_total + cfg.kl_coef * kl_total) / denominator
 
 
@@ -71,17 +73,18 @@ def reference_loss(logp, old, adv, mask, cfg, sampler, ref, num_items=None):
 def loss_configs(draw):
     objective = draw(st.sampled_from(["ppo_clip", "gspo", "cispo"]))
     aggregation = draw(st.sampled_from(["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant_norm"]))
+    clip = {"eps_low": draw(st.sampled_from([0.1, 0.2, 1.0])), "eps_high": draw(st.sampled_from([0.1, 0.28, 4.0]))}
+    if objective != "cispo":
+        clip["dual_clip"] = draw(st.sampled_from([None, 1.5, 3.0]))
+    lengths = {"norm_length": draw(st.integers(1, 16))} if aggregation == "constant_norm" else {}
+    tis = draw(st.sampled_from(["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]))
+    cap = {} if tis == "off" else {"cap": draw(st.sampled_from([1.0, 1.5, 2.0]))}
     return LossConfig(
-        objective=objective,
-        eps_low=draw(st.sampled_from([0.1, 0.2, 1.0])),
-        eps_high=draw(st.sampled_from([0.1, 0.28, 4.0])),
-        dual_clip=None if objective == "cispo" else draw(st.sampled_from([None, 1.5, 3.0])),
-        aggregation=aggregation,
-        norm_length=draw(st.integers(1, 16)) if aggregation == "constant_norm" else None,
+        objective={"type": objective, **clip},
+        aggregation={"type": aggregation, **lengths},
         kl_coef=draw(st.sampled_from([0.0, 0.05])),
         kl_estimator=draw(st.sampled_from(["k1", "k2", "k3"])),
-        tis=draw(st.sampled_from(["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])),
-        tis_cap=draw(st.sampled_from([1.0, 1.5, 2.0])),
+        tis={"type": tis, **cap},
     )
 
 
@@ -149,7 +152,7 @@ def test_padding_values_are_never_read(cfg, data, garbage):
 def test_any_micro_batch_split_sums_to_the_full_gradient(cfg, data, cut):
     logp, old, sampler, ref, mask, adv = data
     cut = min(cut, logp.shape[0])
-    num_items = float(mask.sum() if cfg.aggregation == "token_mean" else (mask.sum(1) > 0).sum())
+    num_items = float(mask.sum() if cfg.aggregation.type == "token_mean" else (mask.sum(1) > 0).sum())
     num_items = max(num_items, 1.0)
     leaf = logp.clone().requires_grad_(True)
     full = policy_loss(leaf, old, adv, mask, cfg, sampler_logprobs=sampler, ref_logprobs=ref, num_items=num_items)

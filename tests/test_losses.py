@@ -16,10 +16,10 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
 
+from grpopp.config_tools import ConfigError, validate_config
 from grpopp.objective.advantages import compute_advantages
-from grpopp.objective.losses import LossConfig, policy_loss
+from grpopp.objective.losses import GSPO, ConstantNorm, LossConfig, NoTIS, PPOClip, SequenceMask, TokenMean, policy_loss
 
 TOL = {"rtol": 0, "atol": 1e-6}
 DT = torch.float64
@@ -274,7 +274,7 @@ def test_micro_batch_accumulation_with_num_items_equals_full_batch(cfg):
     full = policy_loss(logprobs, old, adv, mask, cfg, **kwargs)
     (full_grad,) = torch.autograd.grad(full.loss, logprobs)
 
-    num_items = mask.sum() if cfg.aggregation == "token_mean" else (mask.sum(1) > 0).sum()
+    num_items = mask.sum() if cfg.aggregation.type == "token_mean" else (mask.sum(1) > 0).sum()
     total = torch.zeros((), dtype=DT)
     for rows in (slice(0, 1), slice(1, 4), slice(4, 6)):
         part = policy_loss(
@@ -377,21 +377,53 @@ def test_float32_and_bfloat16_inputs_agree_with_float64():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"aggregation": "constant_norm"}, "needs norm_length"),
-        ({"norm_length": 100}, "only read by aggregation='constant_norm'"),
-        ({"eps_low": -0.1}, "greater than or equal to 0"),
-        ({"eps_high": -0.1}, "greater than or equal to 0"),
+        ({"aggregation": {"type": "constant_norm"}}, "loss.aggregation.norm_length is required"),
+        ({"aggregation": "constant_norm"}, "loss.aggregation.norm_length is required"),  # the flat form
+        ({"norm_length": 100}, "the 'token_mean' variant has no field 'norm_length' \\(constant_norm has it\\)"),
+        ({"objective": {"eps_low": -0.1}}, "say which variant with loss.objective.type"),
+        ({"objective": {"type": "ppo_clip", "eps_low": -0.1}}, "objective.eps_low: .*greater than or equal to 0"),
+        ({"eps_high": -0.1}, "loss.objective.eps_high: .*greater than or equal to 0"),
         ({"dual_clip": 0.5}, "greater than 1"),
-        ({"objective": "cispo", "dual_clip": 3.0}, "set dual_clip=None"),
+        (
+            {"objective": {"type": "cispo", "dual_clip": 3.0}},
+            "'cispo' variant has no field 'dual_clip' \\(ppo_clip, gspo",
+        ),
+        ({"objective": "cispo", "dual_clip": 3.0}, "'cispo' variant has no field 'dual_clip'"),
         ({"kl_coef": -1}, "greater than or equal to 0"),
-        ({"tis_cap": 0.5}, "greater than or equal to 1"),
-        ({"tis": "token_clip"}, "token_truncate"),
-        ({"eps_hihg": 0.3}, "Extra inputs are not permitted"),
+        ({"tis": {"type": "token_truncate", "cap": 0.5}}, "loss.tis.cap: .*greater than or equal to 1"),
+        ({"tis": "token_mask", "tis_cap": 0.5}, "loss.tis.cap: .*greater than or equal to 1"),
+        ({"tis": "token_clip"}, "loss.tis.type: unknown 'token_clip'; choose one of off, token_truncate"),
+        ({"eps_hihg": 0.3}, "unknown key 'eps_hihg'"),
     ],
 )
 def test_invalid_config_is_refused_with_a_fix(fields, message):
-    with pytest.raises(ValidationError, match=message):
-        LossConfig(**fields)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(LossConfig, fields, "loss")
+
+
+def test_flat_form_of_before_the_unions_loads_as_the_nested_one():
+    # A run's config.yaml written before the loss variants were unions: every key, nulls included.
+    flat = {
+        "objective": "ppo_clip",
+        "eps_low": 0.2,
+        "eps_high": 0.28,
+        "dual_clip": None,
+        "aggregation": "token_mean",
+        "norm_length": None,
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "tis": False,
+        "tis_cap": 2.0,
+    }
+    assert LossConfig.model_validate(flat) == LossConfig(
+        objective=PPOClip(eps_low=0.2, eps_high=0.28), aggregation=TokenMean(), tis=NoTIS()
+    )
+    flat |= {"objective": "gspo", "aggregation": "constant_norm", "norm_length": 64, "tis": "sequence_mask"}
+    assert LossConfig.model_validate(flat) == LossConfig(
+        objective=GSPO(eps_low=0.2, eps_high=0.28),
+        aggregation=ConstantNorm(norm_length=64),
+        tis=SequenceMask(cap=2.0),
+    )
 
 
 @pytest.mark.parametrize(
@@ -436,7 +468,8 @@ def test_tis_cap_boundary(mode, kept_weight):
 
 
 def test_tis_false_is_off_as_yaml_reads_off():
-    assert LossConfig(tis=False).tis == "off"  # `tis: off` in YAML 1.1 arrives as False
-    assert LossConfig.model_validate({"tis": "off"}).tis == "off"
-    with pytest.raises(ValueError, match="Input should be 'off', 'token_truncate'"):
-        LossConfig(tis=True)  # `tis: on` names no mode
+    assert LossConfig(tis=False).tis == NoTIS()  # `tis: off` in YAML 1.1 arrives as False
+    assert LossConfig.model_validate({"tis": {"type": False}}).tis == NoTIS()
+    assert LossConfig.model_validate({"tis": "off"}).tis == NoTIS()
+    with pytest.raises(ConfigError, match="loss.tis.type: unknown 'True'; choose one of off, token_truncate"):
+        validate_config(LossConfig, {"tis": True}, "loss")  # `tis: on` names no mode

@@ -49,7 +49,7 @@ EXPECTED_FIGURES = {
 }
 EXPECTED_SKIPPED = {
     "importance_sampling": "none of tis/frac_masked, tis/frac_truncated, tis/logprob_gap_max, tis/logprob_gap_mean, "
-    "tis/weight_max, tis/weight_mean was logged (TIS metrics are logged only when algorithm.loss.tis is not off)",
+    "tis/weight_max, tis/weight_mean was logged (TIS metrics are logged only when algorithm.loss.tis.type is not off)",
     "kl": "none of kl_loss, kl_mean was logged (KL is logged only with a reference model, i.e. when "
     "algorithm.loss.kl_coef > 0)",
 }

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from random_model import save_random_model
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -32,7 +33,6 @@ from grpopp.envs.registry import load_plugin, registered_envs
 from grpopp.jobs.run import load_model, train
 from grpopp.learner.policy import Policy
 from grpopp.objective.losses import LossOutput
-from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
 from grpopp.rollout.hf import HFEngine
 from grpopp.training import trainer as trainer_module
 from grpopp.training.batch import TrainTensors
@@ -55,19 +55,13 @@ def coin_envs():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A small random model in Hugging Face format (no warm start: the coin envs need none)."""
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
-    path = tmp_path_factory.mktemp("random-model")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("random-model"))
 
 
 def write_config(tmp_path: Path, model_dir: Path, run_dir: Path, **sections) -> Path:
     data = {
         "model": {"name_or_path": str(model_dir)},
-        "rollout": {"completions_per_prompt": 4, "max_new_tokens": 3, "batch_size": 64},
+        "rollout": {"completions_per_prompt": 4, "max_new_tokens": 3, "engine": {"type": "hf", "batch_size": 64}},
         "algorithm": {"preset": "grpopp"},
         "envs": [{"name": "coin"}],
         "batch": {"prompts_per_step": 4, "micro_batch_size": 8},
@@ -348,7 +342,7 @@ def test_config_errors_name_the_key(tmp_path, model_dir):
     with pytest.raises(ConfigError, match="algorithm.preset: unknown preset 'dapoo'"):
         config_for(tmp_path, model_dir, algorithm={"preset": "dapoo"})
     config = load_train_config(write_config(tmp_path, model_dir, tmp_path / "y"), overrides=["algorithm.eps_high=0.31"])
-    assert config.algorithm.loss.eps_high == 0.31  # short form of algorithm.loss.eps_high
+    assert config.algorithm.loss.objective.eps_high == 0.31  # short form of algorithm.loss.objective.eps_high
 
 
 def test_dry_run_prints_the_resolved_config_without_loading_a_model(tmp_path):
@@ -363,7 +357,7 @@ def test_dry_run_prints_the_resolved_config_without_loading_a_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout.split("derived values")[0].rsplit("\n", 2)[0])
-    assert resolved["algorithm"]["loss"]["eps_high"] == 0.3
+    assert resolved["algorithm"]["loss"]["objective"]["eps_high"] == 0.3
     assert resolved["envs"] == [{"name": "countdown", "weight": 2.0, "config": {}}]
     assert "completions per step" in result.stdout
     assert not cache.exists() and not (tmp_path / "runs").exists()  # no model built, no run started
@@ -440,7 +434,9 @@ def test_micro_batch_size_changes_neither_the_update_nor_the_logged_loss(tmp_pat
 
 
 def test_tis_with_filtered_sampling_is_refused(tmp_path, model_dir):
-    with pytest.raises(ConfigError, match="algorithm.loss.tis='token_truncate' with rollout.top_p/top_k filtering"):
+    with pytest.raises(
+        ConfigError, match="algorithm.loss.tis.type='token_truncate' with rollout.top_p/top_k filtering"
+    ):
         config_for(tmp_path, model_dir, rollout={"top_p": 0.9})
     assert config_for(tmp_path, model_dir, rollout={"top_p": 0.9}, algorithm={"preset": "dapo"}).rollout.top_p == 0.9
 

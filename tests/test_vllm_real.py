@@ -29,15 +29,15 @@ from grpopp.learner.optim import OptimConfig
 from grpopp.learner.policy import Policy, completion_logprobs
 from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
 from grpopp.rollout import vllm_engine
-from grpopp.rollout.base import SamplingParams, VLLMSettings
+from grpopp.rollout.base import SamplingParams
 from grpopp.rollout.hf import HFEngine
-from grpopp.rollout.vllm_engine import VLLMEngine, WeightSyncError
+from grpopp.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig, WeightSyncError
 
 HERE = Path(__file__).parent
 COIN = str(HERE / "plugins" / "coin_env.py")
 PROMPTS = ["12+7=", "40-13=", "3+3=", "hello"]
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0)
-SETTINGS = VLLMSettings(max_model_len=128, enforce_eager=True)
+SETTINGS = VLLMEngineConfig(max_model_len=128, enforce_eager=True)
 TINY = TinyModelConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256)  # head size 32
 
 
@@ -216,7 +216,7 @@ def train_args(model_dir: Path, run_dir: Path, steps: int) -> list[str]:
         "--env",
         "coin",
         "--set",
-        "rollout.engine=vllm",
+        "rollout.engine.type=vllm",
         "--set",
         f"steps={steps}",
         "--set",
@@ -226,9 +226,9 @@ def train_args(model_dir: Path, run_dir: Path, steps: int) -> list[str]:
         "--set",
         "batch.prompts_per_step=4",
         "--set",
-        "rollout.vllm.max_model_len=64",
+        "rollout.engine.max_model_len=64",
         "--set",
-        "rollout.vllm.enforce_eager=true",
+        "rollout.engine.enforce_eager=true",
         "--set",
         "optim.lr=1e-2",
         "--set",
@@ -246,7 +246,7 @@ def step_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_grpopp_train_with_the_vllm_engine(model_dir: Path, device: str, tmp_path: Path) -> None:
-    """``grpopp train --set rollout.engine=vllm``, 6 steps: the TIS log-prob gap between the learner
+    """``grpopp train --set rollout.engine.type=vllm``, 6 steps: the TIS log-prob gap between the learner
     and vLLM's samples stays below 1e-4 at every step (weights synced after each update), the probe
     is logged, and the run exits without a traceback. Then ``grpopp eval`` of both checkpoints: one
     vLLM engine after the other in one process (the first is shut down before the second starts)."""

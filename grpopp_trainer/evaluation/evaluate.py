@@ -33,7 +33,7 @@ Progress: with an engine that decodes with the policy module itself (``hf``), ge
 chunks of at most ``EVAL_CHUNK_ROWS`` completions, so a display can show how far it is
 (``progress``). Only the first chunk sets the seed; the others continue the engine's generator, so
 the samples are those of one call whenever a chunk holds a whole number of the engine's batches
-(e.g. K and ``rollout.batch_size`` powers of two up to 1024), and the same on every run in any
+(e.g. K and ``rollout.engine.batch_size`` powers of two up to 1024), and the same on every run in any
 case. An engine with its own copy of the weights (``vllm``) gets one call per environment, as each
 call may wake it and reload weights, and under torchrun every rank must make the same calls.
 

@@ -192,15 +192,9 @@ def resolve_job(
         EvalEnv(name=spec.name, tasks=count, config=spec.config)
         for spec, (_, count) in zip(selection.specs, chosen, strict=True)
     ]
-    rollout = base.rollout
-    sampling = SamplingParams(
-        max_new_tokens=max_new_tokens or rollout.max_new_tokens,
-        temperature=0.0 if greedy else (rollout.temperature if temperature is None else temperature),
-        top_p=rollout.top_p,
-        top_k=rollout.top_k,
-        stop=rollout.stop,
-        seed=settings.seed,
-    )
+    given = {"max_new_tokens": max_new_tokens or None, "temperature": temperature}
+    rollout = base.rollout.model_copy(update={key: value for key, value in given.items() if value is not None})
+    sampling = rollout.sampling_params(seed=settings.seed, greedy=greedy)
     if greedy and settings.samples > 1:
         raise ConfigError("--greedy gives one answer per task: use --samples 1 (or sample with a temperature)")
     limits = base.algorithm.length_limits(sampling.max_new_tokens)

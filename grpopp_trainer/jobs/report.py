@@ -431,7 +431,7 @@ FIGURES: tuple[FigureSpec, ...] = (
                 FRACTION,
             ),
         ),
-        "TIS metrics are logged only when algorithm.loss.tis is not off",
+        "TIS metrics are logged only when algorithm.loss.tis.type is not off",
     ),
     FigureSpec(
         "kl",

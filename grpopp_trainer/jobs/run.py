@@ -41,7 +41,7 @@ from grpopp.learner import checkpoint as ckpt
 from grpopp.learner.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
 from grpopp.learner.policy import Policy, shard_model
 from grpopp.progress import StepDisplay, quiet_transformers_bars
-from grpopp.rollout.base import RolloutEngine
+from grpopp.rollout.base import EngineContext, RolloutEngine
 from grpopp.training.config import RUN_CONFIG_FILE, ModelConfig, TrainConfig, load_run_config
 from grpopp.training.trainer import Trainer, make_reference
 
@@ -113,28 +113,11 @@ def make_engine(
     dist_info: DistInfo = SINGLE,
 ) -> RolloutEngine:
     """The rollout engine of ``config.rollout.engine`` over the policy ``model`` (read from ``source``).
-    Under torchrun (``dist_info``) each rank builds its own vLLM engine, all at the same time."""
-    if config.rollout.engine == "vllm":
-        from grpopp.rollout.vllm_engine import VLLMEngine
-
-        # vLLM computes in the learner's dtype: FSDP's compute dtype when set, else the model's.
-        dtype = (config.model.fsdp_param_dtype if dist_info.enabled else None) or config.model.dtype
-        return VLLMEngine(
-            model,
-            tokenizer,
-            source,
-            config.rollout.vllm,
-            dtype=dtype,
-            seed=config.seed + dist_info.rank,
-            distributed=dist_info.enabled,
-        )
-    from grpopp.rollout.hf import HFEngine
-
-    # Chat models may end a turn with another token than the tokenizer's EOS (e.g. <|eot_id|>): stop on all.
-    eos: set[int] = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos.update([generation_eos] if isinstance(generation_eos, int) else list(generation_eos or []))
-    return HFEngine(model, tokenizer, batch_size=config.rollout.batch_size, eos_token_ids=sorted(eos) or None)
+    Under torchrun (``dist_info``) each rank builds its own engine, all at the same time."""
+    # The learner's compute dtype: FSDP's when set, else the model's.
+    dtype = (config.model.fsdp_param_dtype if dist_info.enabled else None) or config.model.dtype
+    context = EngineContext(model, tokenizer, source, dtype, config.seed + dist_info.rank, dist_info.enabled)
+    return config.rollout.engine.build(context)
 
 
 def new_run_dir(config: TrainConfig) -> Path:

@@ -1,8 +1,9 @@
 """grpopp.objective: the math of GRPO++ as pure functions over tensors.
 
-``advantages`` group-relative advantages; ``losses`` the policy loss with its variants (objective,
-aggregation, truncated importance sampling, KL); ``algorithms`` the algorithm config and its named
-presets (``grpopp``, ``dapo``, ``dr_grpo``, ...). Usable on its own in a hand-written loop::
+``advantages`` group-relative advantages; ``losses`` the policy loss and its variants, each a member
+of a config union (objective, aggregation, truncated importance sampling), and the KL;
+``algorithms`` the algorithm config and its named presets (``grpopp``, ``dapo``, ``dr_grpo``, ...).
+Usable on its own in a hand-written loop::
 
     from grpopp.objective import compute_advantages, get_preset, policy_loss
 """

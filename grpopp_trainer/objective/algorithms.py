@@ -3,7 +3,7 @@
 An ``AlgorithmConfig`` gathers every knob that makes one RL algorithm differ from another: the
 policy loss (``LossConfig``), how advantages are scaled, DAPO's dynamic sampling and overlong
 handling. Presets are complete configs, each following one paper; ``grpopp`` is the recommended
-default. ``../shared/SPEC.md`` and the module docstring of ``losses`` give the formulas.
+default. The module docstring of ``grpopp.objective.losses`` gives the formulas and their papers.
 
 ``trl_dapo`` is not a paper but a reference implementation: TRL's ``GRPOTrainer`` with its defaults
 (``loss_type="dapo"``). Its source also fixes the optimizer (Adam betas, schedule), so a preset may
@@ -26,7 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from grpopp.config_tools import ConfigError
 from grpopp.objective.advantages import AdvantageScale
-from grpopp.objective.losses import LossConfig
+from grpopp.objective.losses import (
+    CISPO,
+    GSPO,
+    ConstantNorm,
+    LossConfig,
+    PPOClip,
+    SeqMeanTokenMean,
+    SequenceMask,
+    TokenMean,
+    TokenTruncate,
+)
 from grpopp.rewards.shaping import LengthLimits
 
 
@@ -143,10 +153,8 @@ PRESETS: dict[str, Preset] = {
         AlgorithmConfig(
             name="grpo",
             loss=LossConfig(
-                objective="ppo_clip",
-                eps_low=0.2,
-                eps_high=0.2,
-                aggregation="seq_mean_token_mean",
+                objective=PPOClip(eps_low=0.2, eps_high=0.2),
+                aggregation=SeqMeanTokenMean(),
                 kl_coef=0.04,
                 kl_estimator="k3",
             ),
@@ -158,7 +166,7 @@ PRESETS: dict[str, Preset] = {
     "dapo": Preset(
         AlgorithmConfig(
             name="dapo",
-            loss=LossConfig(objective="ppo_clip", eps_low=0.2, eps_high=0.28, aggregation="token_mean"),
+            loss=LossConfig(objective=PPOClip(eps_low=0.2, eps_high=0.28), aggregation=TokenMean()),
             advantage_scale="group",
             dynamic_sampling=DynamicSamplingConfig(enabled=True, max_generation_rounds=10, oversample_factor=3.0),
             overlong=OverlongConfig(soft_punishment=True, penalty_factor=1.0),
@@ -169,19 +177,17 @@ PRESETS: dict[str, Preset] = {
     "dr_grpo": Preset(
         AlgorithmConfig(
             name="dr_grpo",
-            loss=LossConfig(
-                objective="ppo_clip", eps_low=0.2, eps_high=0.2, aggregation="constant_norm", norm_length=3000
-            ),
+            loss=LossConfig(objective=PPOClip(eps_low=0.2, eps_high=0.2), aggregation=ConstantNorm(norm_length=3000)),
             advantage_scale="none",
         ),
         summary="Dr. GRPO: r - mean advantages (no std), sum over tokens / (B x 3000), no KL. "
-        "Set loss.norm_length to your maximum generation length.",
+        "Set loss.aggregation.norm_length to your maximum generation length.",
         source="Dr. GRPO, arXiv 2503.20783 (sec. 3.1; Oat-Zero max length 3000, beta = 0)",
     ),
     "gspo": Preset(
         AlgorithmConfig(
             name="gspo",
-            loss=LossConfig(objective="gspo", eps_low=3e-4, eps_high=4e-4, aggregation="seq_mean_token_mean"),
+            loss=LossConfig(objective=GSPO(eps_low=3e-4, eps_high=4e-4), aggregation=SeqMeanTokenMean()),
             advantage_scale="group",
         ),
         summary="GSPO: length-normalised sequence ratio (GSPO-token form) clipped to [1-3e-4, 1+4e-4], no KL.",
@@ -190,7 +196,7 @@ PRESETS: dict[str, Preset] = {
     "cispo": Preset(
         AlgorithmConfig(
             name="cispo",
-            loss=LossConfig(objective="cispo", eps_low=1.0, eps_high=4.0, aggregation="token_mean"),
+            loss=LossConfig(objective=CISPO(eps_low=1.0, eps_high=4.0), aggregation=TokenMean()),
             advantage_scale="group",
         ),
         summary="CISPO: detached clipped ratio (no lower bound, cap 5) weighs A x log pi; token mean, no KL.",
@@ -200,13 +206,9 @@ PRESETS: dict[str, Preset] = {
         AlgorithmConfig(
             name="grpopp",
             loss=LossConfig(
-                objective="ppo_clip",
-                eps_low=0.2,
-                eps_high=0.28,
-                dual_clip=3.0,
-                aggregation="token_mean",
-                tis="token_truncate",
-                tis_cap=2.0,
+                objective=PPOClip(eps_low=0.2, eps_high=0.28, dual_clip=3.0),
+                aggregation=TokenMean(),
+                tis=TokenTruncate(cap=2.0),
             ),
             advantage_scale="none",
             dynamic_sampling=DynamicSamplingConfig(enabled=True, max_generation_rounds=10, oversample_factor=2.0),
@@ -221,14 +223,15 @@ PRESETS: dict[str, Preset] = {
         AlgorithmConfig(
             name="trl_dapo",
             loss=LossConfig(
-                objective="ppo_clip",  # importance_sampling_level="token"
-                eps_low=0.2,  # epsilon
-                eps_high=0.2,  # epsilon_high=None: the same as epsilon
-                dual_clip=None,  # delta=None
-                aggregation="token_mean",  # loss_type="dapo": token sum / tokens of the whole batch
+                objective=PPOClip(  # importance_sampling_level="token"
+                    eps_low=0.2,  # epsilon
+                    eps_high=0.2,  # epsilon_high=None: the same as epsilon
+                    dual_clip=None,  # delta=None
+                ),
+                aggregation=TokenMean(),  # loss_type="dapo": token sum / tokens of the whole batch
                 kl_coef=0.0,  # beta
-                tis="sequence_mask",  # vllm_importance_sampling_correction=True, _mode="sequence_mask"
-                tis_cap=3.0,  # vllm_importance_sampling_clip_max
+                # vllm_importance_sampling_correction=True, _mode="sequence_mask", _clip_max=3.0
+                tis=SequenceMask(cap=3.0),
             ),
             advantage_scale="group",  # scale_rewards="group"
             advantage_eps=1e-4,  # (r - mean) / (std + 1e-4)

@@ -1,7 +1,9 @@
 """The rollout protocol: prompts in; token ids, text, per-token sampler log-probs and finish reason out.
 
-Every engine (``hf`` on CPU or GPU, ``vllm`` on GPU) implements ``RolloutEngine``. The trainer never
-imports an engine's backend itself, so vLLM is needed only when ``rollout.engine == "vllm"``.
+Every engine (``hf`` on CPU or GPU, ``vllm`` on a GPU or vLLM's CPU platform) implements
+``RolloutEngine`` and is built by its config (a member of ``grpopp.rollout.config.EngineConfig``)
+from an ``EngineContext``. The trainer never imports an engine's backend itself, so vLLM is needed
+only when ``rollout.engine.type`` is "vllm".
 
 The sampler's log-probs are those of the distribution the token was actually drawn from (after
 temperature, top-k and top-p); they feed truncated importance sampling (TIS), which corrects for
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from grpopp.envs.base import Message
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Prompt: TypeAlias = "str | list[Message]"
 FinishReason: TypeAlias = Literal["stop", "length"]
@@ -52,48 +54,6 @@ class SamplingParams(BaseModel):
         """These parameters on rank ``rank`` of a torchrun job: the seed offset by the rank, so ranks
         never draw the same samples (rank 0, hence a single process, keeps the seed)."""
         return self if self.seed is None or rank == 0 else self.model_copy(update={"seed": self.seed + rank})
-
-
-class VLLMSettings(BaseModel):
-    """How the colocated vLLM engine is set up (``rollout.vllm``); used only with ``rollout.engine=vllm``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
-    """Fraction of GPU memory vLLM may take (weights + KV cache); the rest is the trainer's. TRL's
-    colocate default is 0.3 as well."""
-
-    sleep_level: int | None = Field(None, ge=0, le=2)
-    """0: stay awake. 1: weights to host memory and KV cache freed while training. 2: weights and KV
-    cache freed (weights are reloaded from the trainer at the next sync anyway). None: 2 on a GPU, 0
-    on vLLM's CPU platform, which has no sleep mode."""
-
-    kv_cache_memory_gib: float | None = Field(None, gt=0.0)
-    """Memory for vLLM's KV cache. None: on a GPU, what ``gpu_memory_utilization`` leaves after the
-    weights; on the CPU platform 1 GiB (vLLM's own CPU default takes most of the host's memory)."""
-
-    max_model_len: int | None = Field(None, ge=16)
-    """Longest prompt + completion vLLM plans for; None: the model's own limit."""
-
-    enforce_eager: bool = False
-    """Disable CUDA graphs (slower decoding, faster start-up, less memory)."""
-
-    enable_prefix_caching: bool = True
-    """Reuse the KV cache of shared prompt prefixes: the G completions of a group share their prompt."""
-
-    weight_sync_bucket_mb: int = Field(512, ge=1)
-    """Weights are handed to vLLM after each step in buckets of at most this many MiB (a larger
-    tensor alone): the most held at once beyond vLLM's own copy. Under torchrun each parameter is
-    first gathered from the FSDP shards."""
-
-    integrity_probe: bool = True
-    """After each weight sync, score a fixed probe text with vLLM and with the learner and refuse to
-    go on when their token log-probs differ by more than ``probe_tolerance`` on average (a stale or
-    mis-synced weight; see ``grpopp.rollout.vllm_engine``)."""
-
-    probe_tolerance: float | None = Field(None, gt=0.0)
-    """Largest mean absolute log-prob gap the probe accepts. None: 1e-3 when vLLM computes in
-    float32, 0.1 in bfloat16/float16 (rounding alone gives gaps of order 1e-2 there)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +94,23 @@ class RolloutEngine(Protocol):
     def close(self) -> None:
         """Release what the engine holds (vLLM's engine and its process groups); called once, at the end."""
         ...
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """What an engine config builds its engine over (``EngineConfig.build``)."""
+
+    model: PreTrainedModel
+    """The trainer's policy: the engine samples from it, or loads its weights after each step."""
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    """The model folder or hub id the policy was read from (vLLM builds its own copy from it)."""
+    dtype: str
+    """The learner's compute dtype ("float32", "bfloat16", "float16")."""
+    seed: int
+    """This process's sampling seed (offset by the rank under torchrun)."""
+    distributed: bool = False
+    """Under torchrun: every rank builds its engine at the same time."""
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:

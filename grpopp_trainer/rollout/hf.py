@@ -28,12 +28,36 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from pydantic import BaseModel, ConfigDict, Field
 
-from grpopp.rollout.base import Completion, Prompt, SamplingParams, distinct_rows, encode_prompt
+from grpopp.rollout.base import Completion, EngineContext, Prompt, SamplingParams, distinct_rows, encode_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class HFEngineConfig(BaseModel):
+    """The ``hf`` engine (``rollout.engine.type=hf``): transformers, on CPU or GPU, sampling from the
+    trainer's own policy module."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    type: Literal["hf"] = "hf"
+
+    batch_size: int = Field(64, ge=1)
+    """Sequences generated at once."""
+
+    def build(self, context: EngineContext) -> HFEngine:
+        # Chat models may end a turn with another token than the tokenizer's EOS (e.g. <|eot_id|>): stop on all.
+        tokenizer, model = context.tokenizer, context.model
+        eos: set[int] = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.update([generation_eos] if isinstance(generation_eos, int) else list(generation_eos or []))
+        return HFEngine(model, tokenizer, batch_size=self.batch_size, eos_token_ids=sorted(eos) or None)
+
 
 STOP_WINDOW_SLACK = 8
 """Extra tokens decoded before a stop string's worst-case span (4 byte tokens per character)."""

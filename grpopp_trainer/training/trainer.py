@@ -224,10 +224,8 @@ class Trainer:
         """One optimizer step over ``rows``, accumulated over micro-batches with a shared normaliser."""
         cfg, loss_cfg = self.config, self.config.algorithm.loss
         trained = tensors.trained[rows]
-        lengths = torch.tensor([len(tensors.completions[r]) for r in rows])
-        token_total = float((lengths * trained).sum())
-        sequence_total = float(((lengths > 0) & trained).sum())
-        num_items = token_total if loss_cfg.aggregation == "token_mean" else sequence_total
+        lengths = torch.tensor([len(tensors.completions[r]) for r in rows])  # [B] completion tokens
+        num_items = loss_cfg.aggregation.items(lengths * trained)  # the normaliser of the whole mini-batch
         lr = self.policy.lr
         if num_items == 0:  # every sample of the mini-batch masked: no update
             self.skipped_updates += 1
@@ -367,14 +365,7 @@ class Trainer:
         ``evaluate.evaluate_engine`` as ``grpopp eval`` computes avg@1. ``progress(done, total)``:
         told the tasks done as generation advances."""
         cfg = self.config
-        params = SamplingParams(
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=0.0 if cfg.eval.greedy else cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            top_k=cfg.rollout.top_k,
-            stop=cfg.rollout.stop,
-            seed=cfg.seed,
-        )
+        params = cfg.rollout.sampling_params(seed=cfg.seed, greedy=cfg.eval.greedy)
         tasks = dict.fromkeys(self.envs, cfg.eval.tasks_per_env)
         with self._sampling():  # each rank evaluates its share of the tasks; every rank gets the results
             run = evaluate_engine(
