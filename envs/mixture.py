@@ -118,18 +118,37 @@ class Mixture:
         self.drawn = 0
         """Prompts drawn so far, all environments together."""
         self.taken = [0] * len(envs)
-        """Prompts drawn so far from each environment (also its cursor)."""
+        """Slots given to each environment so far (its quota tally)."""
+        self.cursors = [0] * len(envs)
+        """Tasks drawn so far from each environment: where its stream continues. Equal to ``taken``
+        unless ``draw`` took more than the quotas (dynamic sampling's extra prompts)."""
         self._permutations: dict[tuple[int, int], list[int]] = {}
 
-    def allocate(self, num_prompts: int) -> list[tuple[int, int]]:
-        """(environment, cursor) of each of the next ``num_prompts`` slots (advances the state)."""
-        slots = []
+    def quotas(self, num_prompts: int) -> list[int]:
+        """The environment of each of the next ``num_prompts`` slots, in exact proportion to the
+        weights over all slots so far (advances the tally, draws no task)."""
+        chosen_envs = []
         for _ in range(num_prompts):
             self.drawn += 1
             deficits = [share * self.drawn - taken for share, taken in zip(self.shares, self.taken, strict=True)]
             chosen = max(range(len(deficits)), key=lambda i: (deficits[i], -i))
-            slots.append((chosen, self.taken[chosen]))
+            chosen_envs.append(chosen)
             self.taken[chosen] += 1
+        return chosen_envs
+
+    def draw(self, env_index: int, count: int) -> list[Task]:
+        """The next ``count`` tasks of one environment's stream (advances its cursor)."""
+        start = self.cursors[env_index]
+        self.cursors[env_index] += count
+        env = self.envs[env_index]
+        return [env.task(self._task_index(env_index, cursor), self.split) for cursor in range(start, start + count)]
+
+    def allocate(self, num_prompts: int) -> list[tuple[int, int]]:
+        """(environment, cursor) of each of the next ``num_prompts`` slots (advances the state)."""
+        slots = []
+        for env_index in self.quotas(num_prompts):
+            slots.append((env_index, self.cursors[env_index]))
+            self.cursors[env_index] += 1
         return slots
 
     def next_batch(self, num_prompts: int) -> list[Task]:
@@ -153,7 +172,12 @@ class Mixture:
         return self._permutations[key][position]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"drawn": self.drawn, "taken": {env.name: n for env, n in zip(self.envs, self.taken, strict=True)}}
+        names = [env.name for env in self.envs]
+        return {
+            "drawn": self.drawn,
+            "taken": dict(zip(names, self.taken, strict=True)),
+            "cursors": dict(zip(names, self.cursors, strict=True)),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         names = [env.name for env in self.envs]
@@ -163,3 +187,5 @@ class Mixture:
             )
         self.drawn = int(state["drawn"])
         self.taken = [int(state["taken"][name]) for name in names]
+        cursors = state.get("cursors", state["taken"])  # checkpoints before cursors: they were the tally
+        self.cursors = [int(cursors[name]) for name in names]

@@ -1,7 +1,8 @@
 """Property tests of policy_loss over random shapes, masks and configs (hypothesis).
 
 The reference below is a second, independent implementation written token by token from the
-formulas in ../shared/SPEC.md, with Python loops and scalar autograd: policy_loss (vectorised) must
+formulas in the papers grpopp.objective.losses cites, with Python loops and scalar autograd:
+policy_loss (vectorised) must
 agree with it in value and gradient on every config, also with padding anywhere and rows that
 are entirely masked.
 """

@@ -145,3 +145,30 @@ def test_select_envs_with_nothing_configured_notes_every_name():
         f"--env {name}: not in the config file: using its default options"
         for name in ("arithmetic", "reasoning_gym:chain_sum")
     ]
+
+
+def test_quotas_and_draws_are_apart_and_resume():
+    # Dynamic sampling draws more tasks than its quota: the quota tally follows the weights over the
+    # slots, while each stream continues where its draws ended. Slot n goes to the largest deficit
+    # share x n - taken (ties to the first): 0.7/0.3 -> 0; 0.4/0.6 -> 1; 1.1/-0.1 -> 0; 0.8/0.2 -> 0;
+    # 0.5/0.5 -> 0; 0.2/0.8 -> 1; 0.9/0.1 -> 0; 0.6/0.4 -> 0.
+    mixture = two_envs()
+    assert mixture.quotas(8) == [0, 1, 0, 0, 0, 1, 0, 0]
+    first = mixture.draw(1, 5)
+    assert [t.index for t in first] == [0, 1, 2, 3, 4] and mixture.cursors == [0, 5]
+    state = mixture.state_dict()
+    resumed = two_envs()
+    resumed.load_state_dict(state)
+    assert [t.id for t in resumed.draw(1, 2)] == [t.id for t in mixture.draw(1, 2)]
+    assert resumed.quotas(4) == mixture.quotas(4)
+
+
+def test_a_state_without_cursors_resumes_at_the_tally():
+    # Checkpoints from before quotas and draws were apart: the tally was the cursor.
+    mixture = two_envs()
+    mixture.next_batch(10)
+    state = mixture.state_dict()
+    del state["cursors"]
+    resumed = two_envs()
+    resumed.load_state_dict(state)
+    assert resumed.cursors == mixture.taken == mixture.cursors

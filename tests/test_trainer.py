@@ -652,3 +652,51 @@ def test_weight_zero_reward_components_are_logged_apart(tmp_path, model_dir):
     assert "coin/reward/correctness" in row
     assert {"coin/reward_inactive/format", "coin/reward_inactive/length"} <= set(row)
     assert "coin/reward/format" not in row and "coin/reward/length" not in row
+
+
+def test_a_carried_group_is_trained_with_its_stored_logprobs(tmp_path, model_dir):
+    # Two groups of 4; the second was carried from an earlier step with pi_old stored 1.5x below the
+    # policy's log-probs now (log pi_old = log pi - log 1.5), so its every token has ratio pi / pi_old
+    # = 1.5, while the first, generated this step, has ratio 1. dapo: no TIS, on-policy, clip 0.8-1.28.
+    config = config_for(
+        tmp_path, model_dir, steps=1, algorithm={"preset": "dapo", "dynamic_sampling": {"enabled": False}}
+    )
+    trainer = build_trainer(config, tmp_path / "run")
+    completions = [[5, 6, 7], [8, 9], [5, 6], [7], [6, 6], [9, 8, 7, 6], [5], [8, 8, 8]]
+    tensors = TrainTensors(
+        prompts=[[20, 21, 22]] * 4 + [[23, 24]] * 4,
+        completions=completions,
+        sampler_logprobs=[[-1.0] * len(c) for c in completions],
+        rewards=torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64),
+        valid=torch.ones(8, dtype=torch.bool),
+        trained=torch.ones(8, dtype=torch.bool),
+    )
+    now = trainer._logprobs_no_grad(trainer.policy.model, tensors)
+    tensors.old_logprobs = [None] * 4 + [(row - math.log(1.5)).tolist() for row in now[4:]]
+    metrics = trainer.update(tensors, torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 1.0, -1.0, 1.0]))
+    fresh_tokens, carried_tokens = 3 + 2 + 2 + 1, 2 + 4 + 1 + 3
+    assert math.isclose(metrics["ratio_min"], 1.0, abs_tol=1e-5)
+    assert math.isclose(metrics["ratio_max"], 1.5, abs_tol=1e-5)
+    expected_mean = (fresh_tokens * 1.0 + carried_tokens * 1.5) / (fresh_tokens + carried_tokens)
+    assert math.isclose(metrics["ratio_mean"], expected_mean, abs_tol=1e-5)
+    # Clipped above 1 + 0.28 where A > 0: the carried group's rows 5 and 7 (4 + 3 of its 18 tokens).
+    assert math.isclose(metrics["clip_frac_high"], (4 + 3) / (fresh_tokens + carried_tokens), abs_tol=1e-6)
+
+
+def test_resume_with_carried_groups_matches_the_uninterrupted_run(tmp_path, model_dir):
+    # coin_half_flat: half the groups have no signal; 3x the missing prompts a round (as DAPO's recipe)
+    # leaves about 2 of 4 groups with signal over each step, which are carried to the next.
+    sections = {
+        "envs": [{"name": "coin_half_flat"}],
+        "steps": 5,
+        "checkpoint": {"every": 1, "keep_last": 10},
+        "algorithm": {"preset": "grpopp", "dynamic_sampling": {"adaptive": False, "oversample_factor": 3.0}},
+    }
+    straight = train(config_for(tmp_path, model_dir, "straight", **sections)).run_dir
+    waiting = [row["dynamic_sampling/groups_waiting"] for row in step_metrics(straight)]
+    assert waiting[2] > 0  # the checkpoint resumed from holds carried groups
+    assert sum(row["dynamic_sampling/groups_carried_in"] for row in step_metrics(straight)) > 0
+    stopped = config_for(tmp_path, model_dir, "stopped", **sections)
+    train(stopped, stop_after=3)
+    train(None, resume=tmp_path / "stopped")
+    assert comparable(metrics(tmp_path / "stopped")) == comparable(metrics(straight))

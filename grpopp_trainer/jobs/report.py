@@ -369,8 +369,9 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec(
         "dynamic_sampling",
         "Zero-variance groups and dynamic sampling",
-        "Fraction of generated groups whose rewards were all equal (no learning signal), and the generation "
-        "rounds and groups kept per step.",
+        "Fraction of generated groups whose rewards were all equal (no learning signal), the generation "
+        "rounds, and the groups trained per step, carried in from earlier steps and out to later ones, and "
+        "dropped (too old, or thrown away without carry-over).",
         _fixed(
             Panel(
                 "Groups without signal",
@@ -379,7 +380,18 @@ FIGURES: tuple[FigureSpec, ...] = (
                 FRACTION,
             ),
             Panel("Generation rounds", "rounds per step", (Curve("dynamic_sampling/rounds", "rounds"),), NON_NEGATIVE),
-            Panel("Groups trained on", "groups per step", (Curve("groups", "groups kept"),), NON_NEGATIVE),
+            Panel(
+                "Groups trained on",
+                "groups per step",
+                (
+                    Curve("groups", "trained"),
+                    Curve("dynamic_sampling/groups_carried_in", "carried in"),
+                    Curve("dynamic_sampling/groups_carried_out", "carried out"),
+                    Curve("dynamic_sampling/groups_dropped_stale", "dropped (too old)"),
+                    Curve("dynamic_sampling/groups_wasted", "thrown away"),
+                ),
+                NON_NEGATIVE,
+            ),
         ),
     ),
     FigureSpec(

@@ -41,7 +41,9 @@ from grpopp.rewards.shaping import LengthLimits
 
 
 class DynamicSamplingConfig(BaseModel):
-    """DAPO's dynamic sampling (arXiv 2503.14476, sec. 3.2; verl `filter_groups`)."""
+    """DAPO's dynamic sampling (arXiv 2503.14476, sec. 3.2; verl `filter_groups`), without its waste:
+    each round generates what is expected to fill the batch, and groups with signal beyond it are
+    carried to the next step instead of thrown away (``grpopp.training.dynamic_sampling``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -54,8 +56,25 @@ class DynamicSamplingConfig(BaseModel):
     (verl `max_num_gen_batches`, 10 there)."""
 
     oversample_factor: float = Field(1.0, ge=1.0)
-    """Prompts generated per round as a multiple of the prompts a step needs, so that one round
-    usually fills the batch after filtering (verl's DAPO recipe generates 3x)."""
+    """The most prompts a round generates, as a multiple of the prompts still missing (verl's DAPO
+    recipe always generates 3x). With ``adaptive`` it is only an upper bound."""
+
+    adaptive: bool = True
+    """Each round asks an environment for ceil(missing / (1 - p)) prompts, p being its running
+    estimate of the zero-variance fraction, at most ``oversample_factor`` x missing: exactly what is
+    missing while p = 0. False: always ``oversample_factor`` x missing (DAPO's recipe, verl)."""
+
+    estimate_weight: float = Field(0.3, gt=0.0, le=1.0)
+    """Weight of the newest round in the running estimate p (an exponential average over rounds)."""
+
+    max_estimate: float = Field(0.9, ge=0.0, lt=1.0)
+    """p is clamped to [0, max_estimate], so one round never asks for more than 1 / (1 - max_estimate)
+    times what is missing (also bounded by ``oversample_factor``)."""
+
+    max_staleness: int = Field(1, ge=0)
+    """Groups with signal beyond the batch are carried to the next steps and fill their batches first,
+    trained with their own pi_old and sampler log-probs; this many steps old at most (older ones are
+    dropped and counted). 0: surplus groups are dropped, as DAPO's recipe does."""
 
 
 class OverlongConfig(BaseModel):

@@ -1,7 +1,7 @@
 """A training step's batch: what filling it cost, and the tensors handed to the loss.
 
 The groups themselves (``grpopp.rollout.groups``) are scored by their environments; here live the pure
-bookkeeping of a step: ``CollectStats`` (rounds, dropped groups, statuses, times), which samples count
+bookkeeping of a step: ``CollectStats`` (statuses, tokens and times of generation), which samples count
 in the loss (valid, and not filtered as overlong: DAPO sec. 3.4), and the padded per-token tensors.
 """
 
@@ -18,12 +18,9 @@ from grpopp.rollout.groups import Group
 
 @dataclass
 class CollectStats:
-    """What happened while filling one step's batch."""
+    """What generating one step's groups cost (what filling the batch took is in
+    ``grpopp.training.dynamic_sampling.Batch``)."""
 
-    rounds: int = 0
-    generated: list[Group] = field(default_factory=list)
-    """Every group generated this step, kept or dropped (rewards and accuracy are measured on these)."""
-    groups_without_signal: int = 0
     statuses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     generated_tokens: int = 0
     generation_seconds: float = 0.0
@@ -40,18 +37,30 @@ class TrainTensors:
     rewards: torch.Tensor  # [N] total reward, NaN where invalid
     valid: torch.Tensor  # [N] bool: the verifier could judge
     trained: torch.Tensor  # [N] bool: counts in the loss (valid, and not filtered as overlong)
+    old_logprobs: list[list[float] | None] = field(default_factory=list)
+    """pi_old per completion of a carried group (the learner's log-probs when it was generated); None
+    for one generated this step, whose pi_old is the learner's now. Empty: no carried group."""
 
 
-def to_tensors(groups: Sequence[Group], filter_truncated: bool) -> TrainTensors:
+def to_tensors(
+    groups: Sequence[Group], filter_truncated: bool, old_logprobs: Sequence[list[list[float]] | None] = ()
+) -> TrainTensors:
     """Flatten groups for the loss. Invalid samples (timeout, error) never count; truncated ones do not
-    either when DAPO's overlong filtering is on (they still take part in their group's statistics)."""
+    either when DAPO's overlong filtering is on (they still take part in their group's statistics).
+    ``old_logprobs``: per group, the stored pi_old of a carried group, or None (default: all None)."""
     samples = [s for g in groups for s in g.samples]
+    stored = list(old_logprobs) or [None] * len(groups)
     valid = torch.tensor([s.reward.valid for s in samples])
     truncated = torch.tensor([s.truncated for s in samples])
     return TrainTensors(
         prompts=[s.completion.prompt_ids for s in samples],
         completions=[s.completion.token_ids for s in samples],
         sampler_logprobs=[s.completion.logprobs for s in samples],
+        old_logprobs=[
+            None if old is None else old[k]
+            for g, old in zip(groups, stored, strict=True)
+            for k in range(len(g.samples))
+        ],
         rewards=torch.cat([g.rewards for g in groups]).double(),
         valid=valid,
         trained=valid & ~truncated if filter_truncated else valid,

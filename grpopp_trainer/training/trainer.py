@@ -2,13 +2,15 @@
 
 One training step, as numbered in ``Trainer.train_step``:
 
-1. Sample prompts from the environment mixture (exact quotas, deterministic).
+1. Sample prompts from the environment mixture (exact quotas over trained prompts, deterministic).
 2. Generate G completions per prompt with the rollout engine, recording the sampler's log-probs.
 3. Verify and shape rewards with each prompt's environment (the same code evaluation uses).
 4. Mask samples the verifier could not judge (timeout, error), or whose reward is not a finite
    number (status error), and count them by status.
 5. Dynamic sampling (DAPO, arXiv 2503.14476, sec. 3.2): drop groups whose rewards are all equal and
-   generate again until the batch is full or ``max_generation_rounds`` is reached.
+   generate again until the batch is full or ``max_generation_rounds`` is reached; each round asks
+   for what is expected to fill the batch, and groups with signal beyond it are carried to the next
+   step with their pi_old (``grpopp.training.dynamic_sampling``).
 6. Overlong filtering (DAPO sec. 3.4): optionally mask the loss of truncated completions.
 7. Advantages from the group statistics of valid samples (``compute_advantages``).
 8. mu epochs over mini-batches of whole groups; micro-batches accumulate gradients with the
@@ -19,7 +21,8 @@ One training step, as numbered in ``Trainer.train_step``:
     periodic evaluation and checkpoints.
 
 A reference model is built only when ``kl_coef > 0``. On-policy updates (one mini-batch, one epoch)
-reuse the training forward pass for pi_old, as the ratio is then 1 by construction.
+reuse the training forward pass for pi_old, as the ratio is then 1 by construction; a group carried
+from an earlier step brings the pi_old stored when it was generated.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from grpopp.rollout.base import RolloutEngine, SamplingParams
 from grpopp.rollout.groups import Group, Sample, score_groups
 from grpopp.training.batch import CollectStats, TrainTensors, pad, to_tensors
 from grpopp.training.config import TrainConfig
+from grpopp.training.dynamic_sampling import Batch, BatchFiller, OldLogprobs
 from grpopp.training.run_log import RunLog, truncate_log
 
 
@@ -91,6 +95,7 @@ class Trainer:
         self.mixture: Mixture = mixture if mixture is not None else build_mixture(config.envs, seed=config.seed)
         self.envs: dict[str, Environment[Any]] = {env.name: env for env in self.mixture.envs}
         self.limits: LengthLimits = config.derived().length_limits
+        self.filler = BatchFiller(config.algorithm.dynamic_sampling, [env.name for env in self.mixture.envs])
         self.step = 0
         self.skipped_updates = 0
         self.started = time.perf_counter() if started is None else started
@@ -112,11 +117,12 @@ class Trainer:
         if self.policy.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.policy.device)  # the step's peak, logged at its end
         # 1-6. Prompts, completions, rewards, masks, dynamic sampling, overlong filtering.
-        groups, stats = self.collect_groups()
+        batch, stats = self.collect_groups()
+        groups = batch.groups
         if not groups:  # every group had equal rewards in every round: nothing to learn from
             self.skipped_updates += 1
-            return StepResult(self._step_metrics(groups, stats, {}, 0.0, step_started), groups, stats.generated)
-        tensors = to_tensors(groups, algorithm.overlong.filter_truncated)
+            return StepResult(self._step_metrics(batch, stats, {}, 0.0, step_started), groups, batch.generated)
+        tensors = to_tensors(groups, algorithm.overlong.filter_truncated, batch.old_logprobs)
         # 7. Advantages over the valid samples of each group.
         advantages = compute_advantages(
             tensors.rewards,
@@ -128,30 +134,43 @@ class Trainer:
         # 8-9. mu epochs x mini-batches x micro-batches, then clipped optimizer steps.
         started = time.perf_counter()
         update_metrics = self.update(tensors, advantages)
-        metrics = self._step_metrics(groups, stats, update_metrics, time.perf_counter() - started, step_started)
-        return StepResult(metrics, groups, stats.generated)
+        metrics = self._step_metrics(batch, stats, update_metrics, time.perf_counter() - started, step_started)
+        return StepResult(metrics, groups, batch.generated)
 
-    def collect_groups(self) -> tuple[list[Group], CollectStats]:
+    def collect_groups(self) -> tuple[Batch, CollectStats]:
         """Steps 1-6: fill the batch with groups, over several generation rounds under dynamic sampling."""
-        cfg, sampling = self.config, self.config.algorithm.dynamic_sampling
-        needed, stats = cfg.batch.prompts_per_step, CollectStats()
-        kept: list[Group] = []
-        max_rounds = sampling.max_generation_rounds if sampling.enabled else 1
-        while len(kept) < needed and stats.rounds < max_rounds:
-            missing = needed - len(kept)
-            count = math.ceil(missing * sampling.oversample_factor) if sampling.enabled else missing
-            tasks = self.mixture.next_batch(count)  # 1.
-            params = cfg.rollout.sampling_params(seed=self._seed("rollout", stats.rounds))
+        cfg, stats = self.config, CollectStats()
+        names = [env.name for env in self.mixture.envs]
+        quotas = dict.fromkeys(names, 0)
+        for env_index in self.mixture.quotas(cfg.batch.prompts_per_step):  # 1. this step's share of each
+            quotas[names[env_index]] += 1
+
+        def generate(round_index: int, counts: dict[str, int]) -> list[Group]:
+            tasks = [task for env, count in counts.items() for task in self.mixture.draw(names.index(env), count)]
+            params = cfg.rollout.sampling_params(seed=self._seed("rollout", round_index))
             groups = self._generate_and_score(tasks, params, stats)  # 2-3.
             for group in groups:
                 for sample in group.samples:  # 4. statuses, counted; invalid ones are masked later
                     stats.statuses[sample.reward.status] += 1
-            stats.rounds += 1
-            stats.generated += groups
-            signal = [g for g in groups if g.has_signal(cfg.algorithm.overlong.filter_truncated)]
-            stats.groups_without_signal += len(groups) - len(signal)
-            kept += signal if sampling.enabled else groups  # 5.
-        return kept[:needed], stats
+            return groups
+
+        filter_truncated = cfg.algorithm.overlong.filter_truncated
+        batch = self.filler.fill(  # 5.
+            self.step, quotas, generate, lambda group: group.has_signal(filter_truncated), self._old_logprobs
+        )
+        return batch, stats
+
+    def _old_logprobs(self, groups: list[Group]) -> list[OldLogprobs]:
+        """The learner's log-probs of ``groups`` now, before this step's update: the pi_old of groups
+        carried to a later step. Every rank computes its share and all get every group's."""
+        tensors = to_tensors(groups, filter_truncated=False)
+        rows = [logprobs.tolist() for logprobs in self._logprobs_no_grad(self.policy.model, tensors)]
+        ranks = gather_objects(self.dist, rows)
+        size = self.config.rollout.completions_per_prompt
+        whole = [
+            next(rank[r] for rank in ranks if len(rank[r]) or not tensors.completions[r]) for r in range(len(rows))
+        ]
+        return [whole[g * size : (g + 1) * size] for g in range(len(groups))]
 
     def _generate_and_score(self, tasks: list[Task], params: SamplingParams, stats: CollectStats) -> list[Group]:
         """Generate and score ``tasks``; with several ranks each takes tasks rank, rank + world, ...
@@ -182,7 +201,7 @@ class Trainer:
         group_size = cfg.rollout.completions_per_prompt
         num_groups = len(tensors.prompts) // group_size
         on_policy = cfg.batch.mini_batches == 1 and cfg.batch.epochs == 1
-        old = None if on_policy else self._logprobs_no_grad(self.policy.model, tensors)
+        old = self._old_rows(tensors, on_policy)
         reference = self._logprobs_no_grad(self.reference, tensors) if self.reference is not None else None
         # Mini-batches of whole groups, as equal as possible; fewer when dynamic sampling came back short.
         chunks = min(cfg.batch.mini_batches, num_groups)
@@ -213,12 +232,26 @@ class Trainer:
             summary["train_tokens"] = float(sum(collected["train_tokens"]))
         return summary
 
+    def _old_rows(self, tensors: TrainTensors, on_policy: bool) -> list[torch.Tensor | None] | None:
+        """pi_old per row: a carried group's stored log-probs; for this step's groups None on-policy (the
+        training forward pass is pi_old then), else the learner's log-probs before the first update.
+        None when every row is on-policy."""
+        carried = [row for row, stored in enumerate(tensors.old_logprobs) if stored is not None]
+        if on_policy and not carried:
+            return None
+        old: list[torch.Tensor | None] = (
+            [None] * len(tensors.prompts) if on_policy else list(self._logprobs_no_grad(self.policy.model, tensors))
+        )
+        for row in carried:
+            old[row] = torch.tensor(tensors.old_logprobs[row])
+        return old
+
     def _update_mini_batch(
         self,
         tensors: TrainTensors,
         advantages: torch.Tensor,
         rows: list[int],
-        old: list[torch.Tensor] | None,
+        old: list[torch.Tensor | None] | None,
         reference: list[torch.Tensor] | None,
     ) -> dict[str, float]:
         """One optimizer step over ``rows``, accumulated over micro-batches with a shared normaliser."""
@@ -248,7 +281,7 @@ class Trainer:
             length = batch.completion_length
             current = logprobs.detach()  # [b, T]: pi_old on-policy, and the stand-in on padding passes
             device, filler = logprobs.device, weight == 0.0
-            old_rows = current if old is None or filler else pad([old[r] for r in micro], length, device)
+            old_rows = current if old is None or filler else pad(_or_rows(old, micro, current), length, device)
             ref_rows = (
                 None if reference is None else current if filler else pad([reference[r] for r in micro], length, device)
             )
@@ -380,15 +413,15 @@ class Trainer:
 
     def _step_metrics(
         self,
-        groups: list[Group],
+        batch: Batch,
         stats: CollectStats,
         update: dict[str, float],
         train_seconds: float,
         step_started: float,
     ) -> dict[str, float]:
         """Rewards, accuracy and lengths over every completion generated this step (also those of groups
-        dynamic sampling dropped); the update's statistics over the kept ones; wall-clock times."""
-        samples = [s for g in stats.generated for s in g.samples]
+        dynamic sampling dropped); the update's statistics over the trained ones; wall-clock times."""
+        samples = [s for g in batch.generated for s in g.samples]
         lengths = [len(s.completion.token_ids) for s in samples]
         now = time.perf_counter()
         metrics: dict[str, float] = {
@@ -400,9 +433,8 @@ class Trainer:
             "length/mean": _mean(lengths),
             "length/max": float(max(lengths, default=0)),
             "truncated": _mean([float(s.truncated) for s in samples]),
-            "dynamic_sampling/rounds": float(stats.rounds),
-            "dynamic_sampling/zero_variance_fraction": stats.groups_without_signal / max(len(stats.generated), 1),
-            "groups": float(len(groups)),
+            **self._filling_metrics(batch),
+            "groups": float(len(batch.groups)),
             "time/generation": stats.generation_seconds,
             "time/scoring": stats.scoring_seconds,
             "time/training": train_seconds,
@@ -416,7 +448,7 @@ class Trainer:
                 status, 0
             ) / max(total_statuses, 1)
         for env_name in self.envs:
-            env_samples = [s for g in stats.generated if g.task.env == env_name for s in g.samples if s.reward.valid]
+            env_samples = [s for g in batch.generated if g.task.env == env_name for s in g.samples if s.reward.valid]
             metrics[f"{env_name}/accuracy"] = _mean([float(s.correct) for s in env_samples])
             metrics[f"{env_name}/reward"] = _mean([s.reward.total for s in env_samples])
             for name, component in env_samples[0].reward.components.items() if env_samples else ():
@@ -431,6 +463,27 @@ class Trainer:
             metrics["memory/device_used_gib"] = (total - free) / 2**30  # all processes, vLLM's pools included
         return metrics
 
+    def _filling_metrics(self, batch: Batch) -> dict[str, float]:
+        """What filling the batch took (``dynamic_sampling``): rounds, groups generated, trained, carried
+        in and out, dropped for age or wasted, the estimates p, and the staleness of the trained groups."""
+        generated = len(batch.generated)
+        metrics = {
+            "dynamic_sampling/rounds": float(batch.rounds),
+            "dynamic_sampling/zero_variance_fraction": batch.groups_without_signal / max(generated, 1),
+            "dynamic_sampling/groups_generated": float(generated),
+            "dynamic_sampling/groups_carried_in": float(batch.carried_in),
+            "dynamic_sampling/groups_carried_out": float(batch.carried_out),
+            "dynamic_sampling/groups_dropped_stale": float(batch.dropped_stale),
+            "dynamic_sampling/groups_wasted": float(batch.wasted),
+            "dynamic_sampling/groups_waiting": float(len(self.filler.carried)),
+            "dynamic_sampling/staleness_mean": _mean(batch.staleness),
+            "completions_trained": float(sum(len(group.samples) for group in batch.groups)),
+        }
+        if self.config.algorithm.dynamic_sampling.enabled:
+            for env_name, estimate in self.filler.estimates.items():
+                metrics[f"{env_name}/zero_variance_estimate"] = estimate
+        return metrics
+
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every rank takes part in gathering the shards). Returns its path
         on rank 0, None on the others."""
@@ -438,6 +491,7 @@ class Trainer:
             "step": self.step,
             "policy": self.policy.state_dict(),
             "mixture": self.mixture.state_dict(),
+            "dynamic_sampling": self.filler.state_dict(),
             "skipped_updates": self.skipped_updates,
             "world_size": self.dist.world_size,
             "time": self.run_seconds(),
@@ -462,6 +516,8 @@ class Trainer:
         self.step = int(state["step"])
         self.policy.load_state_dict(state["policy"])
         self.mixture.load_state_dict(state["mixture"])
+        if "dynamic_sampling" in state:  # checkpoints before carried groups have none
+            self.filler.load_state_dict(state["dynamic_sampling"])
         self.skipped_updates = int(state["skipped_updates"])
         self.time_before = float(state.get("time", 0.0))  # checkpoints before this record lack it
         ckpt.restore_rng(state["rng"])
@@ -554,6 +610,15 @@ class _MetricAccumulator:
         }
         out.update(self.extremes)
         return out
+
+
+def _or_rows(old: list[torch.Tensor | None], rows: list[int], current: torch.Tensor) -> list[torch.Tensor]:
+    """pi_old of ``rows``: the given one, or the row of ``current`` [b, T] (pi_old on-policy) where None."""
+    chosen = []
+    for i, r in enumerate(rows):
+        stored = old[r]
+        chosen.append(current[i] if stored is None else stored)
+    return chosen
 
 
 def _mean(values: list[float] | list[int]) -> float:
