@@ -64,6 +64,12 @@ class DynamicSamplingConfig(BaseModel):
     estimate of the zero-variance fraction, at most ``oversample_factor`` x missing: exactly what is
     missing while p = 0. False: always ``oversample_factor`` x missing (DAPO's recipe, verl)."""
 
+    fill_probability: float = Field(0.9, ge=0.0, lt=1.0)
+    """With ``adaptive``, a round asks for at least what makes it fill the batch with this probability
+    (each group without signal with probability p, independently), as the groups beyond the batch are
+    carried, not lost: one round then mostly suffices, and the carried groups shorten the next step's.
+    0: just the expectation, ceil(missing / (1 - p))."""
+
     estimate_weight: float = Field(0.3, gt=0.0, le=1.0)
     """Weight of the newest round in the running estimate p (an exponential average over rounds)."""
 

@@ -12,9 +12,12 @@ zero-variance rate of 13% with 2x oversampling, more than a third of all generat
    ``max_staleness`` steps ago is dropped and counted.
 3. Each round asks an environment for ceil(missing / (1 - p)) prompts, where p is its running
    estimate of the zero-variance fraction (an exponential average over rounds with weight
-   ``estimate_weight`` for the newest, clamped to [0, ``max_estimate``]), and at most
-   ``oversample_factor`` x missing. While p = 0 a round asks for exactly what is missing.
-   ``adaptive=False`` always asks for ``oversample_factor`` x missing (DAPO's recipe).
+   ``estimate_weight`` for the newest, clamped to [0, ``max_estimate``]), or, if more, the fewest
+   n for which n groups hold ``missing`` with signal with probability ``fill_probability``
+   (Binomial(n, 1 - p)): a second round costs a whole generation's latency, while the surplus of
+   the first is carried and shortens the next step's. At most ``oversample_factor`` x missing.
+   While p = 0 a round asks for exactly what is missing. ``adaptive=False`` always asks for
+   ``oversample_factor`` x missing (DAPO's recipe).
 4. Groups with signal beyond the quota are carried to the next step (``max_staleness`` >= 1) with
    the learner's log-probs at generation time (pi_old), so their ratio pi / pi_old, and the TIS
    weight pi_old / pi_sampler, are those of the policy that generated them.
@@ -71,6 +74,16 @@ class Batch:
     """Groups with signal neither trained nor carried (surplus when ``max_staleness`` = 0)."""
 
 
+def _fills_with(missing: int, p: float, probability: float, most: int) -> int:
+    """The fewest n <= ``most`` for which P(Binomial(n, 1 - p) >= missing) >= ``probability``: n groups,
+    each without signal with probability p, hold ``missing`` with signal (``most`` if none does)."""
+    for n in range(missing, most + 1):
+        filled = sum(math.comb(n, k) * (1 - p) ** k * p ** (n - k) for k in range(missing, n + 1))
+        if filled >= probability:
+            return n
+    return most
+
+
 class BatchFiller:
     """Dynamic sampling's state across steps: the estimates p per environment and the carried groups."""
 
@@ -88,7 +101,8 @@ class BatchFiller:
         if not self.config.enabled or not self.config.adaptive:
             return missing if not self.config.enabled else most
         p = min(max(self.estimates[env], 0.0), self.config.max_estimate)
-        return min(math.ceil(missing / (1.0 - p) - 1e-9), most)
+        expected = math.ceil(missing / (1.0 - p) - 1e-9)
+        return min(max(expected, _fills_with(missing, p, self.config.fill_probability, most)), most)
 
     def observe(self, env: str, generated: int, without_signal: int) -> None:
         """Update environment ``env``'s estimate with one round's ``generated`` groups."""
