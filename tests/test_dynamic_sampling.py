@@ -88,7 +88,8 @@ def test_request_is_missing_over_one_minus_p_capped_by_the_oversample_factor(p, 
 @pytest.mark.parametrize(("p", "missing", "expected"), [(0.0, 16, 16), (0.5, 3, 9), (0.5, 1, 3)])
 def test_request_fills_the_batch_in_one_round_with_the_fill_probability(p, missing, expected) -> None:
     # P(Binomial(n, 1/2) >= 3): n = 8 gives 1 - (1 + 8 + 28) / 256 = 0.855 < 0.9, n = 9 gives
-    # 1 - (1 + 9 + 36) / 512 = 0.910. P(>= 1) = 1 - 2^-n needs n = 4, above the cap 3 x 1. p = 0: exactly what is missing.
+    # 1 - (1 + 9 + 36) / 512 = 0.910. P(>= 1) = 1 - 2^-n needs n = 4, above the cap 3 x 1.
+    # p = 0: exactly what is missing.
     filler = BatchFiller(config(fill_probability=0.9), ["e"])
     filler.estimates["e"] = p
     assert filler.request("e", missing) == expected
