@@ -336,14 +336,17 @@ def _error_place(model: type[BaseModel], loc: Sequence[str | int]) -> _ErrorPlac
     return _ErrorPlace(parts, variants, tag)
 
 
+def _unknown_variant(key: str, tag: Any, variants: dict[str, type[BaseModel]]) -> str:
+    return f"{key}: unknown {tag!r}; choose one of {', '.join(variants)}"
+
+
 def _variant_message(place: _ErrorPlace, key: str, item: Any) -> str | None:
     """The message of an error about a variant field: an unknown ``type``, none given, or a field the
     chosen variant does not have (naming the variants that have it); None for any other error."""
-    tags = ", ".join(place.variants)
     if item["type"] == "union_tag_invalid":
-        return f"{key}.type: unknown {item['ctx']['tag']!r}; choose one of {tags}"
+        return _unknown_variant(f"{key}.type", item["ctx"]["tag"], place.variants)
     if item["type"] == "union_tag_not_found":
-        return f"{key}: say which variant with {key}.type, one of {tags}"
+        return f"{key}: say which variant with {key}.type, one of {', '.join(place.variants)}"
     if item["type"] == "extra_forbidden" and place.tag is not None and len(place.parts) >= 2:
         field, member = place.parts[-1], place.variants[place.tag]
         have = [tag for tag, other in place.variants.items() if field in other.model_fields]
@@ -470,7 +473,7 @@ def set_key(model: type[BaseModel], data: dict[str, Any], key: str, value: Any) 
         if value is False and "off" in variants:
             value = "off"  # YAML 1.1, and --set, read `off` as false
         if str(value) not in variants:
-            raise ConfigError(f"{key}: unknown {value!r}; choose one of {', '.join(variants)}")
+            raise ConfigError(_unknown_variant(key, value, variants))
         kept = variants[str(value)].model_fields
         for name in [name for name in target if name not in kept]:
             del target[name]

@@ -62,7 +62,6 @@ class Batch:
     generated: list[Group] = field(default_factory=list)
     """Every group generated this step, trained or not."""
     rounds: int = 0
-    requested: int = 0
     groups_without_signal: int = 0
     carried_in: int = 0
     """Groups from earlier steps trained in this batch."""
@@ -95,11 +94,11 @@ class BatchFiller:
 
     def request(self, env: str, missing: int) -> int:
         """Prompts to generate for ``missing`` groups with signal of environment ``env`` (3. above)."""
-        if missing <= 0:
-            return 0
+        if missing <= 0 or not self.config.enabled:
+            return max(missing, 0)
         most = math.ceil(missing * self.config.oversample_factor - 1e-9)
-        if not self.config.enabled or not self.config.adaptive:
-            return missing if not self.config.enabled else most
+        if not self.config.adaptive:
+            return most
         p = min(max(self.estimates[env], 0.0), self.config.max_estimate)
         expected = math.ceil(missing / (1.0 - p) - 1e-9)
         return min(max(expected, _fills_with(missing, p, self.config.fill_probability, most)), most)
@@ -131,16 +130,15 @@ class BatchFiller:
             counts = {env: count for env, count in counts.items() if count > 0}
             groups = generate(batch.rounds, counts)
             batch.rounds += 1
-            batch.requested += sum(counts.values())
             batch.generated += groups
+            signal = [has_signal(group) for group in groups]
             for env in counts:
-                of_env = [group for group in groups if group.task.env == env]
-                flat = sum(1 for group in of_env if not has_signal(group))
-                batch.groups_without_signal += flat
+                of_env = [kept for group, kept in zip(groups, signal, strict=True) if group.task.env == env]
+                batch.groups_without_signal += of_env.count(False)
                 if self.config.enabled:
-                    self.observe(env, len(of_env), flat)
-            for group in groups:
-                if self.config.enabled and not has_signal(group):
+                    self.observe(env, len(of_env), of_env.count(False))
+            for group, kept in zip(groups, signal, strict=True):
+                if self.config.enabled and not kept:
                     continue
                 if taken[group.task.env] < quotas[group.task.env]:
                     taken[group.task.env] += 1

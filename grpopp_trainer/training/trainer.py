@@ -164,13 +164,13 @@ class Trainer:
         """The learner's log-probs of ``groups`` now, before this step's update: the pi_old of groups
         carried to a later step. Every rank computes its share and all get every group's."""
         tensors = to_tensors(groups, filter_truncated=False)
-        rows = [logprobs.tolist() for logprobs in self._logprobs_no_grad(self.policy.model, tensors)]
-        ranks = gather_objects(self.dist, rows)
+        computed = self._logprobs_no_grad(self.policy.model, tensors)
+        mine, _ = self._my_rows(list(range(len(computed))))  # the rows this rank computed
+        whole: dict[int, list[float]] = {}
+        for share in gather_objects(self.dist, {row: computed[row].tolist() for row in mine}):
+            whole.update(share)
         size = self.config.rollout.completions_per_prompt
-        whole = [
-            next(rank[r] for rank in ranks if len(rank[r]) or not tensors.completions[r]) for r in range(len(rows))
-        ]
-        return [whole[g * size : (g + 1) * size] for g in range(len(groups))]
+        return [[whole[row] for row in range(g * size, (g + 1) * size)] for g in range(len(groups))]
 
     def _generate_and_score(self, tasks: list[Task], params: SamplingParams, stats: CollectStats) -> list[Group]:
         """Generate and score ``tasks``; with several ranks each takes tasks rank, rank + world, ...
