@@ -7,7 +7,8 @@ two numbers in 0..49, prompt "{expression}=", the expressions split by content i
 - ``dapo-no-ds``: the ``dapo`` preset with dynamic sampling off;
 - ``grpopp-fixed``: the ``grpopp`` preset with dynamic sampling as it was built before (and as DAPO's
   recipe and verl's ``filter_groups`` do it): every round generates 2x the missing prompts, and groups
-  with signal beyond the batch are thrown away (``adaptive=false``, ``max_staleness=0``);
+  with signal beyond the batch are thrown away (``adaptive=false``, ``max_staleness=0``,
+  ``oversample_factor=2``);
 - ``grpopp``: the ``grpopp`` preset as shipped: rounds ask for missing / (1 - p), and surplus groups
   are carried to the next step.
 
@@ -20,7 +21,7 @@ completions per task) and greedy. Measured per run: steps, completions generated
 second, and the share of generated groups with signal that were wasted (thrown away or dropped for
 age, never trained). Reported: the mean and the spread (min..max) over seeds.
 
-    .venv/bin/python benchmarks/bench_dynamic_sampling.py --seconds 30 --seeds 0 1 2 --out /tmp/ds.json
+    .venv/bin/python benchmarks/bench_dynamic_sampling.py --seconds 60 --seeds 0 1 2 --eval-tasks 300 --out /tmp/ds.json
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class Addition(ArithmeticEnv):
 
 ALGORITHMS: dict[str, dict[str, Any]] = {
     "dapo-no-ds": {"preset": "dapo", "dynamic_sampling": {"enabled": False}},
-    "grpopp-fixed": {"preset": "grpopp", "dynamic_sampling": {"adaptive": False, "max_staleness": 0}},
+    "grpopp-fixed": {
+        "preset": "grpopp",
+        "dynamic_sampling": {"adaptive": False, "max_staleness": 0, "oversample_factor": 2.0},
+    },
     "grpopp": {"preset": "grpopp"},
 }
 
@@ -109,7 +113,8 @@ def worker(args: argparse.Namespace) -> None:
         policy = Policy(model, tokenizer, config.optim, config.derived().total_optimizer_steps, torch.device("cpu"))
         engine = make_engine(config, policy.model, tokenizer, source)
         trainer = Trainer(config, policy, engine, run_dir)
-        totals = dict.fromkeys(("generated", "trained", "signal", "wasted"), 0.0)
+        totals = dict.fromkeys(("generated", "trained", "signal", "wasted", "rounds"), 0.0)
+        phases = dict.fromkeys(("generation", "scoring", "training", "other"), 0.0)
         started = time.perf_counter()
         while time.perf_counter() - started < args.seconds:
             metrics = trainer.train_step().metrics
@@ -118,6 +123,10 @@ def worker(args: argparse.Namespace) -> None:
             totals["generated"] += metrics["completions_generated"]
             totals["trained"] += metrics["completions_trained"]
             totals["signal"] += groups * (1 - metrics["dynamic_sampling/zero_variance_fraction"])
+            totals["rounds"] += metrics["dynamic_sampling/rounds"]
+            for phase in ("generation", "scoring", "training"):
+                phases[phase] += metrics[f"time/{phase}"]
+            phases["other"] += metrics["time/step"] - sum(metrics[f"time/{p}"] for p in phases if p != "other")
             totals["wasted"] += (
                 metrics["dynamic_sampling/groups_wasted"] + metrics["dynamic_sampling/groups_dropped_stale"]
             )
@@ -147,6 +156,8 @@ def worker(args: argparse.Namespace) -> None:
                 "wasted_share": totals["wasted"] / max(totals["signal"], 1.0),
                 "accuracy_sampled": accuracy["sampled"],
                 "accuracy_greedy": accuracy["greedy"],
+                "rounds_per_step": totals["rounds"] / max(trainer.step, 1),
+                "seconds_per_step": {phase: value / max(trainer.step, 1) for phase, value in phases.items()},
             }
         )
     )
@@ -154,7 +165,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
-    for algorithm in ALGORITHMS:
+    for algorithm in dict.fromkeys(r["algorithm"] for r in results):
         runs = [r for r in results if r["algorithm"] == algorithm]
         row: dict[str, Any] = {"runs": len(runs)}
         for key in ("steps", "generated_per_s", "trained_per_s", "wasted_share", "accuracy_sampled", "accuracy_greedy"):
@@ -192,6 +203,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--eval-tasks", type=int, default=400)
     parser.add_argument("--eval-samples", type=int, default=4, help="sampled completions per task (avg@k)")
+    parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
     parser.add_argument("--out", type=Path, default=None, help="write the runs and the table as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", choices=list(ALGORITHMS), help=argparse.SUPPRESS)
@@ -206,7 +218,7 @@ def main() -> None:
         plugin = Path(scratch) / "bench_addition.py"
         plugin.write_text(PLUGIN)
         for seed in args.seeds:
-            for algorithm in ALGORITHMS:  # alternating: machine load hits every algorithm alike
+            for algorithm in args.algorithms:  # alternating: machine load hits every algorithm alike
                 command = [sys.executable, __file__, "--worker", "--algorithm", algorithm, "--seed", str(seed)]
                 command += ["--plugin", str(plugin), "--seconds", str(args.seconds), "--threads", str(args.threads)]
                 command += ["--eval-tasks", str(args.eval_tasks), "--eval-samples", str(args.eval_samples)]

@@ -236,7 +236,9 @@ PRESETS: dict[str, Preset] = {
                 tis=TokenTruncate(cap=2.0),
             ),
             advantage_scale="none",
-            dynamic_sampling=DynamicSamplingConfig(enabled=True, max_generation_rounds=10, oversample_factor=2.0),
+            # With adaptive requests the factor is only a bound; 4 lets one round fill the batch while most
+            # groups lack signal (late in training), as a second round costs a whole generation.
+            dynamic_sampling=DynamicSamplingConfig(enabled=True, max_generation_rounds=10, oversample_factor=4.0),
             overlong=OverlongConfig(soft_punishment=True, penalty_factor=1.0),
         ),
         summary="Recommended: DAPO (clip-higher, token mean, dynamic sampling, soft overlong, no KL) "
