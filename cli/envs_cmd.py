@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -17,9 +17,10 @@ from rich.text import Text
 from grpopp.cli.errors import fail, user_errors
 from grpopp.cli.plugins import PluginOption, load_plugins
 from grpopp.config_tools import ConfigError, UserError, apply_overrides, load_config_file, validate_config
-from grpopp.envs.base import Environment, Split, Task, prompt_text
+from grpopp.envs.base import Environment, Message, Split, Task, prompt_text
 from grpopp.envs.check import CONTENT_TASKS, check_env
 from grpopp.envs.mixture import EnvSpec, build_mixture, parse_env_arg
+from grpopp.envs.multiturn import MultiTurnEnv, last_assistant, play_episode
 from grpopp.envs.registry import env_class, make_env, registered_envs
 from grpopp.rewards.shaping import LengthLimits
 
@@ -107,12 +108,29 @@ def envs_sample(
     size = env.num_tasks(split)  # type: ignore[arg-type]
     for index in range(start, start + n if size is None else min(start + n, size)):
         task = env.task(index, split)  # type: ignore[arg-type]
+        gold = _gold_episode(env, task)
         if as_json:
-            typer.echo(task.model_dump_json())
+            record = task.model_dump(mode="json")
+            if gold is not None:
+                record["gold_episode"] = [m.model_dump(mode="json", exclude_none=True) for m in gold]
+            typer.echo(json.dumps(record))
         else:
             console.rule(task.id)
             console.print(prompt_text(task), highlight=False, markup=False)
             console.print(f"[bold]answer:[/] {task.answer}", highlight=False)
+            for message in gold or []:
+                console.print(f"[bold]{message.role}:[/] {escape(message.content)}", highlight=False)
+
+
+def _gold_episode(env: Environment[Any], task: Task) -> list[Message] | None:
+    """A multi-turn environment's gold episode of ``task`` (played without a model), when it gives one."""
+    if not isinstance(env, MultiTurnEnv):
+        return None
+    try:
+        return play_episode(env, task, env.gold_turn)
+    except Exception as exc:
+        console.print(f"[yellow]no gold episode: {type(exc).__name__}: {escape(str(exc))}[/]")
+        return None
 
 
 @envs_app.command("check")
@@ -187,16 +205,21 @@ def verify_command(
         try:
             record = json.loads(line)
             task = _parse_task_id(env, str(record["task_id"]))
-            text = str(record["completion"])
+            transcript = _transcript(record)
+            text = last_assistant(transcript) if transcript is not None else str(record["completion"])
             length = record.get("num_tokens")
-        except (json.JSONDecodeError, KeyError, ValueError, IndexError) as exc:
+        except (json.JSONDecodeError, KeyError, ValueError, IndexError, ValidationError) as exc:
             bad_lines += 1
             problem = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             typer.echo(json.dumps({"line": number, "error": f"{source}:{number}: {problem}"}))
             continue
         length_source = "given" if length is not None else "words"
         length = int(length) if length is not None else len(text.split())
-        (reward,) = env.score_batch([task], [text], [length], limits)
+        if isinstance(env, MultiTurnEnv):  # a stored transcript (samples.jsonl's "messages"), or one turn
+            episode = transcript if transcript is not None else [Message(role="assistant", content=text)]
+            (reward,) = env.score_episodes([task], [episode], [length], limits)
+        else:
+            (reward,) = env.score_batch([task], [text], [length], limits)
         out = {
             "task_id": task.id,
             "status": reward.status,
@@ -211,6 +234,16 @@ def verify_command(
         typer.echo(json.dumps(out))
     if bad_lines:
         raise fail(f"{bad_lines} input line(s) could not be read (see the 'error' records)", code=1)
+
+
+def _transcript(record: dict[str, Any]) -> list[Message] | None:
+    """An episode's messages after the prompt (the "messages" field of samples.jsonl), or None."""
+    messages = record.get("messages")
+    if messages is None:
+        return None
+    if not isinstance(messages, list):
+        raise ValueError('"messages" must be a list of {role, content} objects')
+    return [Message.model_validate(message) for message in messages]
 
 
 def _input_lines(path: Path) -> list[str]:

@@ -124,9 +124,25 @@ def checkpoint_table(point: CheckpointResult) -> Table:
         table.add_row(metric, *(_cell(c.metrics.get(metric), c.tasks) for c in columns.values()))
     table.add_row("mean length", *(_number(c.length_mean, ".1f") for c in columns.values()))
     table.add_row("truncated", *(_number(c.truncated, ".3f") for c in columns.values()))
+    if any(c.episodes is not None for c in columns.values()):  # multi-turn environments
+        for label, field, spec in _EPISODE_ROWS:
+            table.add_row(
+                label,
+                *("-" if c.episodes is None else _number(getattr(c.episodes, field), spec) for c in columns.values()),
+            )
     for status in (s for s in VERIFY_STATUSES if s not in ("correct", "incorrect")):
         table.add_row(f"{status} (samples)", *(str(c.statuses.get(status, 0)) for c in columns.values()))
     return table
+
+
+_EPISODE_ROWS = (
+    ("turns (mean)", "turns_mean", ".2f"),
+    ("tool calls (mean)", "tool_calls_mean", ".2f"),
+    ("tool errors (mean)", "tool_errors_mean", ".2f"),
+    ("ended by turn limit", "ended_by_turn_limit", ".3f"),
+    ("ended by token limit", "ended_by_token_limit", ".3f"),
+    ("ended by env error", "ended_by_env_error", ".3f"),
+)
 
 
 def _number(value: float, spec: str) -> str:

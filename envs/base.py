@@ -76,12 +76,21 @@ class SplitSpaceError(ConfigError):
 
 
 class Message(BaseModel):
-    """One chat message of a prompt."""
+    """One chat message: of a prompt, or of an episode's transcript (``grpopp.envs.multiturn``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    name: str | None = None
+    """A tool message's tool name."""
+
+    def template_dict(self) -> dict[str, str]:
+        """The message as chat templates take it."""
+        out = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 class Task(BaseModel):
@@ -182,6 +191,11 @@ class Environment(ABC, Generic[ConfigT]):
         return f"{self.name}/{split}/{index}"
 
     # -- content-disjoint splits ---------------------------------------------------------------
+
+    prompt_poses_problem: ClassVar[bool] = True
+    """False where the prompt does not pose the whole problem because part of it is hidden state (a
+    game's secret): tasks of both splits may then show the same prompt, and the splits are disjoint
+    by ``instance_key`` alone (``grpopp envs check`` compares keys, not prompts)."""
 
     split_probe_tasks: ClassVar[int] = SPLIT_PROBE_TASKS
     """Tasks of each split that ``check_split_space`` draws; lower it where a task is slow to make."""

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpopp.envs.base import Environment, Split, Task, prompt_text
+from grpopp.envs.base import Environment, Message, Split, Task, prompt_text
+from grpopp.envs.multiturn import MultiTurnEnv, play_episode
 from grpopp.envs.registry import make_env
 
 CONTENT_TASKS = 300
@@ -72,7 +73,7 @@ def content_overlaps(env: Environment[Any], train: list[Task], test: list[Task])
     failures = [reason for task in train if (reason := env.split_violation(task, "train")) is not None]
     for task in test:
         prompt, key = prompt_text(task), env.content_key(task)
-        if prompt in by_prompt:
+        if env.prompt_poses_problem and prompt in by_prompt:
             failures.append(f"{task.id} has the prompt of {by_prompt[prompt].id}: {_short(prompt)}")
         elif key in by_key:
             failures.append(f"{task.id} poses the problem of {by_key[key].id}: {_short(key)}")
@@ -116,6 +117,9 @@ def check_env(env: Environment[Any], num_tasks: int = 20, content_tasks: int = C
         note=", ".join(f"{split} {distinct[split]} distinct problems in {len(sampled[split])}" for split in sampled),
     )
 
+    if isinstance(env, MultiTurnEnv):
+        _check_episodes(env, all_tasks, report)
+        return report
     checks: list[tuple[str, Callable[[Task], str], bool]] = [
         ("gold answers score correct", env.gold_completion, True),
         ("wrong answers do not score correct", env.wrong_completion, False),
@@ -136,3 +140,36 @@ def check_env(env: Environment[Any], num_tasks: int = 20, content_tasks: int = C
                 failures.append(f"{task.id}: {result.status} ({result.reason})")
         report.add(label, failures, len(all_tasks))
     return report
+
+
+def _check_episodes(env: MultiTurnEnv[Any], tasks: list[Task], report: CheckReport) -> None:
+    """A multi-turn environment's verdict checks: gold and wrong episodes played without a model
+    (``gold_turn`` / ``wrong_turn`` against ``respond``, within ``max_turns``) and an empty one-turn
+    episode, each judged by ``verify_episode``. An environment without a gold or wrong policy skips
+    that check, saying so."""
+    policies: list[tuple[str, Callable[[Task, list[Message]], str | None], bool]] = [
+        ("gold episodes score correct", env.gold_turn, True),
+        ("wrong episodes do not score correct", env.wrong_turn, False),
+        ("empty episodes do not score correct", lambda task, transcript: "", False),
+    ]
+    for label, policy, must_be_correct in policies:
+        kept, transcripts, failures = [], [], []
+        for task in tasks:
+            try:
+                transcript = play_episode(env, task, policy)
+            except Exception as exc:
+                failures.append(f"{task.id}: playing the episode raised {type(exc).__name__}: {exc}")
+                continue
+            if transcript is not None:
+                kept.append(task)
+                transcripts.append(transcript)
+        if not kept and not failures:
+            report.results.append(CheckResult(label, True, f"skipped: {env.name} gives no such episode"))
+            continue
+        for task, transcript, result in zip(kept, transcripts, env.judge_episodes(kept, transcripts), strict=True):
+            turns = sum(m.role == "assistant" for m in transcript)
+            if not result.judged:
+                failures.append(f"{task.id}: no verdict after {turns} turns, {result.status} ({result.reason})")
+            elif (result.status == "correct") != must_be_correct:
+                failures.append(f"{task.id}: {result.status} after {turns} turns ({result.reason})")
+        report.add(label, failures, len(tasks))

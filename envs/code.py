@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -60,7 +59,7 @@ from grpopp.rewards.code_judge import (
     plan_jobs,
 )
 from grpopp.rewards.extract import strip_thinking
-from grpopp.rewards.sandbox import ExecResult, Job, Sandbox, SandboxConfig, SandboxUnavailable
+from grpopp.rewards.sandbox import ExecResult, Job, SandboxConfig, SandboxUnavailable, shared_sandbox
 from grpopp.rewards.types import VerifyResult
 
 RewardMode = Literal["all_pass", "fraction"]
@@ -135,19 +134,6 @@ class CodeConfig(EnvConfig):
         if self.output_match.float_tolerance is not None and self.output_match.whitespace == "exact":
             raise ValueError("output_match.float_tolerance compares tokens; set output_match.whitespace to 'tokens'")
         return self
-
-
-_SANDBOXES: dict[SandboxConfig, Sandbox] = {}
-_SANDBOX_LOCK = threading.Lock()
-
-
-def shared_sandbox(config: SandboxConfig) -> Sandbox:
-    """One sandbox (and thread pool) per config in this process; a failure to start is not cached,
-    so installing bwrap mid-run is picked up."""
-    with _SANDBOX_LOCK:
-        if config not in _SANDBOXES:
-            _SANDBOXES[config] = Sandbox(config)
-        return _SANDBOXES[config]
 
 
 def extract_program(completion: str) -> str | None:

@@ -37,8 +37,11 @@ ENTRY_POINT_GROUP = "grpopp.envs"
 BUILTIN_MODULES = (
     "grpopp.envs.arithmetic",
     "grpopp.envs.code",
+    "grpopp.envs.code_feedback",
     "grpopp.envs.countdown",
+    "grpopp.envs.guess",
     "grpopp.envs.math_data",
+    "grpopp.envs.math_tool",
     "grpopp.envs.reasoning_gym_env",
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -528,12 +528,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 _HUB_ID = re.compile(r"(?:[A-Za-z0-9_][\w.\-]*/)?[A-Za-z0-9_][\w.\-]*")
 
 
+TINY_MODELS: dict[str, Literal["arithmetic", "guess"]] = {"tiny": "arithmetic", "tiny-guess": "guess"}
+"""Model names grpopp builds itself (``grpopp.recipes.tiny``): the tiny model warm-started on arithmetic,
+or on the ``guess`` game."""
+
+
 def check_model_source(value: str, what: str = "model.name_or_path", also: str = "") -> None:
     """Refuse a model that is neither "tiny", a local Hugging Face model folder (one with config.json)
     nor shaped like a hub id (NAME or NAMESPACE/NAME), before transformers or the hub see it: a
     path-looking value that does not exist ("/data/model", "./ckpt") is a missing folder, not a repo.
     ``also`` names the other things ``what`` may be (e.g. "a run directory, ")."""
-    if value == "tiny":
+    if value in TINY_MODELS:
         return
     path = Path(value).expanduser()
     fix = f"give {also}a model folder (with config.json), a hub id (NAME or NAMESPACE/NAME) or 'tiny'"

@@ -938,3 +938,16 @@ def check_isolation(config: SandboxConfig | None = None) -> IsolationReport:
         nproc_per_user_namespace=(numbers[0], numbers[1]) >= (5, 14),
         detail="ok" if bwrap_works and not problems else "; ".join(problems) or "bwrap probe showed no isolation",
     )
+
+
+_SANDBOXES: dict[SandboxConfig, Sandbox] = {}
+_SANDBOX_LOCK = threading.Lock()
+
+
+def shared_sandbox(config: SandboxConfig) -> Sandbox:
+    """One sandbox (and thread pool) per config in this process; a failure to start is not cached,
+    so installing bwrap mid-run is picked up."""
+    with _SANDBOX_LOCK:
+        if config not in _SANDBOXES:
+            _SANDBOXES[config] = Sandbox(config)
+        return _SANDBOXES[config]

@@ -236,3 +236,15 @@ def test_switching_variant_drops_the_fields_the_new_one_lacks(tmp_path):
         load_train_config(overrides=["algorithm.objective.type=cispo", "algorithm.objective.dual_clip=2"])
     with pytest.raises(ConfigError, match="the 'hf' variant has no field 'max_model_len' \\(vllm has it\\)"):
         load_train_config(overrides=["rollout.engine.max_model_len=64"])
+
+
+def test_the_tiny_guess_recipe_trains_the_game_its_warm_start_taught():
+    """`--config tiny-guess` loads; its model is the guess warm start and its env options are those the
+    warm start's demonstrations used (a mismatch would train on another prompt format)."""
+    from grpopp.recipes.tiny import TINY_GUESS_ENV
+
+    config = resolve_train_config(config_file="tiny-guess").config
+    assert config.model.name_or_path == "tiny-guess"
+    (env,) = config.envs
+    assert (env.name, env.config) == ("guess", TINY_GUESS_ENV)
+    assert config.rollout.max_new_tokens == TINY_GUESS_ENV["max_tokens_per_turn"]

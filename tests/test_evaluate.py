@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from grpopp.config_tools import ConfigError, UserError
+from grpopp.envs.base import Task
 from grpopp.evaluation.evaluate import (
     EvalSettings,
     TaskOutcome,
@@ -384,15 +385,23 @@ class RecordingEngine:
         return [[Completion([1], [], "", [], "stop") for _ in range(n)] for _ in prompts]
 
 
+def _tasks_of(prompts):
+    """Single-turn tasks with these prompts, and the environment they name."""
+    from grpopp.envs.registry import make_env
+
+    env = make_env("arithmetic")
+    return [Task(id=f"t{i}", env=env.name, index=i, prompt=p) for i, p in enumerate(prompts)], {env.name: env}
+
+
 @pytest.mark.parametrize(
     ("samples_from_policy", "calls"), [(True, [(0, 512, 7), (512, 1000, None)]), (False, [(0, 1000, 7)])]
 )
 def test_generation_is_chunked_for_the_hf_engine_only(samples_from_policy, calls):
     # K = 2: chunks of 1024 // 2 = 512 prompts; only the first sets the seed, the next continue the generator.
     engine = RecordingEngine(samples_from_policy)
-    prompts = [f"p{i}" for i in range(1000)]
+    tasks, envs = _tasks_of([f"p{i}" for i in range(1000)])
     reported: list[int] = []
-    out = generate_in_chunks(engine, prompts, SamplingParams(seed=7), 2, reported.append)
+    out = generate_in_chunks(engine, tasks, envs, SamplingParams(seed=7), 2, reported.append)
     assert [(chunk[0], len(chunk), seed) for chunk, seed in engine.calls] == [
         (f"p{start}", end - start, seed) for start, end, seed in calls
     ]
@@ -413,7 +422,7 @@ def test_chunked_hf_generation_equals_one_call(monkeypatch, tiny_model):
     whole = HFEngine(model, tokenizer, batch_size=4).generate(prompts, params, n=2)
     monkeypatch.setattr(evaluate, "EVAL_CHUNK_ROWS", 4)
     engine, reported = HFEngine(model, tokenizer, batch_size=4), []
-    chunked = generate_in_chunks(engine, prompts, params, 2, reported.append)
+    chunked = generate_in_chunks(engine, *_tasks_of(prompts), params, 2, reported.append)
     assert reported == [2, 2, 2, 1]
     assert [[c.token_ids for c in group] for group in chunked] == [[c.token_ids for c in group] for group in whole]
 

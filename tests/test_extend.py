@@ -157,3 +157,50 @@ def test_readme_engine_lags_the_policy_by_its_refresh_period(tmp_path, model_dir
     assert len(gaps) == 3
     assert gaps[0] < 1e-4 and gaps[2] < 1e-4  # the copy is the policy: only rounding separates them
     assert gaps[1] > 1e-3  # sampled by the weights of before step 1's update
+
+
+# -- the multi-turn environment ------------------------------------------------------------------
+
+
+def test_readme_multi_turn_environment_checks_and_trains_through_plugin(tmp_path, model_dir, clean_registry) -> None:
+    """The README's count_up, saved as a user's file and loaded with --plugin as the README says:
+    `grpopp envs check` plays its gold and wrong episodes, and `grpopp train` runs it for 2 steps."""
+    from typer.testing import CliRunner
+
+    from grpopp.cli.main import app
+
+    text = README.read_text(encoding="utf-8").split("### Write a multi-turn environment\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code is not None
+    plugin = tmp_path / "count_up.py"
+    plugin.write_text(code.group(1))
+    assert len([line for line in code.group(1).splitlines() if line.strip()]) <= 45  # "about 40 lines"
+    runner = CliRunner()
+    checked = runner.invoke(app, ["envs", "check", "count_up", "--plugin", str(plugin), "-n", "5"])
+    assert checked.exit_code == 0, checked.output
+    assert "gold episodes score correct" in checked.output
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"name_or_path": str(model_dir)},
+                "rollout": {"completions_per_prompt": 4, "max_new_tokens": 4},
+                "envs": [{"name": "count_up", "config": {"steps": 2}}],
+                "algorithm": {"preset": "dapo", "dynamic_sampling": {"enabled": False}},  # a random model: no signal
+                "batch": {"prompts_per_step": 2, "micro_batch_size": 16},
+                "steps": 2,
+                "eval": {"tasks_per_env": 2},
+                "logging": {"run_dir": str(tmp_path / "run"), "progress": False},
+            }
+        )
+    )
+    clean_registry()  # a second CLI process
+    trained = runner.invoke(app, ["train", "--config", str(config), "--plugin", str(plugin)])
+    assert trained.exit_code == 0, trained.output
+    metrics = step_metrics(tmp_path / "run")
+    assert len(metrics) == 2
+    assert all(1.0 <= m["count_up/turns"] <= 2.0 for m in metrics)  # a wrong first number ends an episode
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    episode = samples[0]
+    assert episode["messages"][0]["role"] == "assistant" and episode["episode"]["turns"] >= 1
+    assert episode["trained_spans"][0][0] == 0

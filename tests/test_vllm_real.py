@@ -159,6 +159,36 @@ def test_sampler_logprobs_and_greedy_follow_every_sync(fp32, tokenizer) -> None:
     assert engine.last_probe["gap_mean"] < 1e-5
 
 
+def test_multi_turn_episodes_token_in_token_out(fp32, tokenizer) -> None:
+    """Episodes of the guess game, every turn sampled by vLLM from the episode's token ids
+    (``prompt_token_ids``): greedy episodes equal the hf engine's token for token, and over sampled
+    episodes vLLM's log-probs of the model's tokens equal the learner's one pass over each whole
+    episode (environment tokens masked) within 1e-5."""
+    from grpopp.envs.registry import make_env
+    from grpopp.recipes.tiny import TINY_GUESS_ENV
+    from grpopp.rollout.episodes import rollout
+
+    engine, model = fp32
+    env = make_env("guess", **TINY_GUESS_ENV)
+    tasks, envs = [env.task(i) for i in range(4)], {"guess": env}
+    greedy = SamplingParams(max_new_tokens=3, temperature=0.0)
+    by_vllm = rollout(engine, tasks, envs, greedy, n=1)
+    by_hf = rollout(HFEngine(model, tokenizer), tasks, envs, greedy, n=1)
+    assert [[c.token_ids for c in g] for g in by_vllm] == [[c.token_ids for c in g] for g in by_hf]
+    sampled = SamplingParams(max_new_tokens=3, temperature=0.9, seed=5)
+    episodes = [c for group in rollout(engine, tasks, envs, sampled, n=4) for c in group]
+    assert any(c.episode.turns > 1 for c in episodes)
+    policy = Policy(model, tokenizer, OptimConfig(), 1, next(model.parameters()).device)
+    batch = policy.token_batch(
+        [c.prompt_ids for c in episodes], [c.token_ids for c in episodes], [c.model_mask for c in episodes]
+    )
+    learner, _ = completion_logprobs(model, batch, sampled.temperature)
+    for row, c in enumerate(episodes):
+        mask = torch.tensor(c.model_mask)
+        gap = (learner[row, : len(c.token_ids)].cpu() - torch.tensor(c.logprobs))[mask].abs().max()
+        assert float(gap) < 1e-5, (row, float(gap))
+
+
 def test_the_probe_refuses_a_stale_tied_head(fp32, tokenizer, monkeypatch) -> None:
     """With the tied-head refresh switched off, a changed embedding leaves vLLM's prepacked head
     stale: the probe refuses the sync. With the refresh back, the next sync passes again."""

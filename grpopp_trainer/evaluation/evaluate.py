@@ -50,7 +50,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,11 +58,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpopp.config_tools import ConfigError
 from grpopp.envs.base import Environment, Task
-from grpopp.evaluation.results import MetricValue, Summary
+from grpopp.evaluation.results import EpisodeSummary, MetricValue, Summary
 from grpopp.learner.distributed import SINGLE, DistInfo, gather_shares, my_share
 from grpopp.rewards.shaping import LengthLimits
 from grpopp.rewards.types import VERIFY_STATUSES, Reward, VerifyStatus
-from grpopp.rollout.base import Completion, Prompt, RolloutEngine, SamplingParams
+from grpopp.rollout.base import Completion, EpisodeStats, RolloutEngine, SamplingParams
+from grpopp.rollout.episodes import rollout
 from grpopp.rollout.groups import Group, score_groups
 
 EVAL_CHUNK_ROWS = 1024
@@ -146,6 +147,8 @@ class TaskOutcome:
     truncated: list[bool]
     has_answers: bool
     """The verifier reported an extracted answer for some sample (maj@k is meaningful)."""
+    episodes: list[EpisodeStats] = field(default_factory=list)
+    """Multi-turn environments: how each sample's episode went (empty for single turns)."""
 
     @property
     def judged(self) -> int:
@@ -158,13 +161,15 @@ class TaskOutcome:
 
 def task_outcome(group: Group) -> TaskOutcome:
     """The outcome of a scored group (what ``evaluate_engine`` produced)."""
-    return outcome_of(
+    outcome = outcome_of(
         group.task.env,
         group.task.id,
         [s.reward for s in group.samples],
-        [len(s.completion.token_ids) for s in group.samples],
+        [s.completion.model_tokens for s in group.samples],
         [s.truncated for s in group.samples],
     )
+    outcome.episodes = [s.completion.episode for s in group.samples if s.completion.episode is not None]
+    return outcome
 
 
 def outcome_of(
@@ -254,6 +259,25 @@ def summarise(outcomes: Sequence[TaskOutcome], settings: EvalSettings, salt: str
         length_mean=math.fsum(lengths) / len(lengths) if lengths else math.nan,
         truncated=sum(truncated) / len(truncated) if truncated else math.nan,
         statuses={status: statuses.get(status, 0) for status in VERIFY_STATUSES},
+        episodes=episode_summary([e for o in outcomes for e in o.episodes]),
+    )
+
+
+def episode_summary(episodes: Sequence[EpisodeStats]) -> EpisodeSummary | None:
+    """Means over multi-turn episodes; None when there are none."""
+    if not episodes:
+        return None
+
+    def mean(values: Sequence[float]) -> float:
+        return math.fsum(values) / len(values)
+
+    return EpisodeSummary(
+        turns_mean=mean([e.turns for e in episodes]),
+        tool_calls_mean=mean([e.tool_calls for e in episodes]),
+        tool_errors_mean=mean([e.tool_errors for e in episodes]),
+        ended_by_turn_limit=mean([float(e.ended == "max_turns") for e in episodes]),
+        ended_by_token_limit=mean([float(e.ended == "max_tokens") for e in episodes]),
+        ended_by_env_error=mean([float(e.ended == "env_error") for e in episodes]),
     )
 
 
@@ -321,7 +345,7 @@ def evaluate_engine(
 
     for name, env in envs.items():
         tasks = shares[name]
-        completions = generate_in_chunks(engine, [t.prompt for t in tasks], params, settings.samples, report)  # 2.
+        completions = generate_in_chunks(engine, tasks, {name: env}, params, settings.samples, report)  # 2.
         groups = gather_shares(dist, score_groups(tasks, completions, {name: env}, limits))  # 3.
         env_outcomes = [task_outcome(g) for g in groups]
         all_groups += groups
@@ -332,19 +356,22 @@ def evaluate_engine(
 
 def generate_in_chunks(
     engine: RolloutEngine,
-    prompts: list[Prompt],
+    tasks: list[Task],
+    envs: dict[str, Environment[Any]],
     params: SamplingParams,
     n: int,
     report: Callable[[int], None] | None = None,
 ) -> list[list[Completion]]:
-    """``engine.generate(prompts, params, n)``, in chunks of at most ``EVAL_CHUNK_ROWS`` completions
-    when the engine samples from the policy itself (see the module docstring); ``report(count)``
-    after each chunk of ``count`` prompts."""
-    size = max(1, EVAL_CHUNK_ROWS // n) if engine.samples_from_policy else max(1, len(prompts))
+    """``rollout(engine, tasks, envs, params, n)`` (single turns and episodes), in chunks of at most
+    ``EVAL_CHUNK_ROWS`` completions when the engine samples from the policy itself (see the module
+    docstring); ``report(count)`` after each chunk of ``count`` tasks."""
+    size = max(1, EVAL_CHUNK_ROWS // n) if engine.samples_from_policy else max(1, len(tasks))
     completions: list[list[Completion]] = []
-    for start in range(0, max(1, len(prompts)), size):  # one call even without prompts (see vllm_engine)
-        chunk = prompts[start : start + size]
-        completions += engine.generate(chunk, params if start == 0 else params.model_copy(update={"seed": None}), n=n)
+    for start in range(0, max(1, len(tasks)), size):  # one call even without prompts (see vllm_engine)
+        chunk = tasks[start : start + size]
+        completions += rollout(
+            engine, chunk, envs, params if start == 0 else params.model_copy(update={"seed": None}), n
+        )
         if report is not None:
             report(len(chunk))
     return completions

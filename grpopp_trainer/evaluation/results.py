@@ -25,7 +25,15 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from grpopp.config_tools import UserError
 from grpopp.rewards.types import JUDGED_STATUSES, VerifyStatus
@@ -72,6 +80,28 @@ class MetricValue(_Record):
     """The environments those tasks come from, sorted ([] in files written before it was recorded)."""
 
 
+class EpisodeSummary(_Record):
+    """How a multi-turn environment's episodes went (means over episodes)."""
+
+    turns_mean: Number
+    """Assistant turns per episode."""
+
+    tool_calls_mean: Number
+    """Tool calls per episode."""
+
+    tool_errors_mean: Number
+    """Failed tool calls per episode (unknown tool, invalid arguments, a raise, a timeout)."""
+
+    ended_by_turn_limit: Number
+    """Share of episodes ended by ``max_turns``."""
+
+    ended_by_token_limit: Number
+    """Share of episodes ended by ``max_total_tokens``."""
+
+    ended_by_env_error: Number
+    """Share of episodes the environment failed in (masked, status error)."""
+
+
 class Summary(_Record):
     """The metrics of a set of tasks: one environment's, or every environment's (the overall row)."""
 
@@ -97,6 +127,17 @@ class Summary(_Record):
 
     statuses: dict[VerifyStatus, int]
     """Samples by verifier status, every status listed (``VERIFY_STATUSES``' order)."""
+
+    episodes: EpisodeSummary | None = None
+    """Multi-turn environments: turns, tool calls and how episodes ended; None for single turns (and
+    then absent from results.json, which stays as single-turn evaluations have always written it)."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_episodes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("episodes") is None:
+            data.pop("episodes", None)
+        return data
 
     @property
     def avg(self) -> MetricValue:

@@ -50,8 +50,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
 from grpopp.config_tools import ConfigError, check_model_source, format_validation_error
-from grpopp.envs.base import Environment, Split, Task
+from grpopp.envs.base import Environment, Message, Split, Task
 from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
+from grpopp.envs.multiturn import MultiTurnEnv
 from grpopp.envs.registry import make_env
 from grpopp.evaluation.evaluate import (
     EvalRun,
@@ -67,7 +68,8 @@ from grpopp.learner import checkpoint as ckpt
 from grpopp.progress import Ticker
 from grpopp.rewards.shaping import LengthLimits
 from grpopp.rewards.types import Reward
-from grpopp.rollout.base import SamplingParams
+from grpopp.rollout.base import EpisodeStats, SamplingParams
+from grpopp.rollout.episodes import episode_record
 from grpopp.training.config import TrainConfig, is_run_dir, load_run_config, load_train_config
 
 _PROGRESS_CONSOLE = Console(stderr=True)
@@ -322,8 +324,9 @@ def _append_samples(path: Path, point: Checkpoint, run: EvalRun) -> None:
                     "prompt": _prompt_json(task),
                     "completion": sample.completion.text,
                     "finish_reason": sample.completion.finish_reason,
-                    "num_tokens": len(sample.completion.token_ids),
+                    "num_tokens": sample.completion.model_tokens,
                     "reward": sample.reward.model_dump(mode="json"),
+                    **episode_record(sample.completion),
                 }
                 handle.write(json.dumps(null_for_non_finite(record)) + "\n")
 
@@ -399,12 +402,13 @@ def reverify(samples_file: Path) -> ReverifyReport:
     report = ReverifyReport(0, [], Counter(), Counter())
     for (key, env_name), items in batches.items():
         job, envs = built[key]
-        rescored = envs[env_name].score_batch(
-            [task for _, _, task, _ in items],
-            [record["completion"] for _, record, _, _ in items],
-            [int(record["num_tokens"]) for _, record, _, _ in items],
-            job.limits,
-        )
+        env, tasks = envs[env_name], [task for _, _, task, _ in items]
+        lengths = [int(record["num_tokens"]) for _, record, _, _ in items]
+        if isinstance(env, MultiTurnEnv):  # the stored transcript, judged again
+            transcripts = [_transcript_of(record) for _, record, _, _ in items]
+            rescored = env.score_episodes(tasks, transcripts, lengths, job.limits)
+        else:
+            rescored = env.score_batch(tasks, [record["completion"] for _, record, _, _ in items], lengths, job.limits)
         for (number, record, task, before), after in zip(items, rescored, strict=True):
             report.samples += 1
             report.statuses[after.status] += 1
@@ -476,7 +480,20 @@ def _record_outcome(env: str, task_id: str, samples: dict[int, dict[str, Any]]) 
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"task {task_id}: a sample lacks a valid reward or num_tokens ({exc})") from exc
     truncated = [record.get("finish_reason") == "length" for record in records]
-    return outcome_of(env, task_id, rewards, lengths, truncated)
+    outcome = outcome_of(env, task_id, rewards, lengths, truncated)
+    try:
+        outcome.episodes = [EpisodeStats(**record["episode"]) for record in records if record.get("episode")]
+    except TypeError as exc:
+        raise ConfigError(f"task {task_id}: a sample's episode record is not one grpopp wrote ({exc})") from exc
+    return outcome
+
+
+def _transcript_of(record: dict[str, Any]) -> list[Message]:
+    """A stored episode's messages; a record without them (one turn) is its completion."""
+    messages = record.get("messages")
+    if messages is None:
+        return [Message(role="assistant", content=str(record["completion"]))]
+    return [Message.model_validate(message) for message in messages]
 
 
 def _read_text(path: Path) -> str:

@@ -301,6 +301,45 @@ def _reward_panels(series: Series) -> list[Panel]:
     return panels
 
 
+def _episode_panels(series: Series) -> list[Panel]:
+    """Multi-turn environments (those logging ``<env>/turns``): turns, tool calls and how episodes ended."""
+    envs = sorted(key.removesuffix("/turns") for key in series if key.endswith("/turns"))
+    if not envs:
+        return []
+    panels = [
+        Panel("Assistant turns per episode", "turns", tuple(Curve(f"{env}/turns", env, noisy=True) for env in envs)),
+        Panel(
+            "Tool calls per episode",
+            "calls",
+            tuple(
+                curve
+                for env in envs
+                for curve in (
+                    Curve(f"{env}/tool_calls", f"{env}: calls", noisy=True),
+                    Curve(f"{env}/tool_errors", f"{env}: failed", noisy=True),
+                )
+            ),
+            NON_NEGATIVE,
+        ),
+        Panel(
+            "Episodes ended by a limit or an environment error",
+            "fraction of episodes",
+            tuple(
+                Curve(f"{env}/ended_{end}", f"{env}: {label}")
+                for env in envs
+                for end, label in (
+                    ("max_turns", "turn limit"),
+                    ("max_tokens", "token limit"),
+                    ("env_error", "env error"),
+                )
+            ),
+            FRACTION,
+        ),
+        Panel("Environment time", "seconds per step (summed over episodes)", (Curve("time/environment", "respond"),)),
+    ]
+    return panels
+
+
 def _evaluation_panels(series: Series) -> list[Panel]:
     total, beside = _total_and_envs(env_names(series))
     curves = (Curve("accuracy", total), *(Curve(f"{env}/accuracy", env) for env in beside))
@@ -393,6 +432,14 @@ FIGURES: tuple[FigureSpec, ...] = (
                 NON_NEGATIVE,
             ),
         ),
+    ),
+    FigureSpec(
+        "episodes",
+        "Multi-turn episodes",
+        "Per multi-turn environment: assistant turns and tool calls per episode, failed tool calls, the "
+        "episodes ended by the turn or token limit or by an environment error, and the time in the environments.",
+        _episode_panels,
+        "only multi-turn environments log these",
     ),
     FigureSpec(
         "masked_samples",

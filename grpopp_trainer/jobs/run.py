@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp.config_tools import ConfigError, validate_config
+from grpopp.config_tools import TINY_MODELS, ConfigError, validate_config
 from grpopp.envs.mixture import Mixture
 from grpopp.learner import checkpoint as ckpt
 from grpopp.learner.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
@@ -71,12 +71,14 @@ def model_source(config: ModelConfig, path: str | None = None, console: Console 
     ``config.name_or_path`` (a local folder or hub id)."""
     if path:
         return path
-    if config.name_or_path == "tiny":
+    if config.name_or_path in TINY_MODELS:
         from grpopp.recipes.tiny import load_or_create_tiny_model
 
+        recipe = TINY_MODELS[config.name_or_path]
         if console is None:
-            return str(load_or_create_tiny_model())
-        return str(load_or_create_tiny_model(log=lambda text: console.print(text, soft_wrap=True), console=console))
+            return str(load_or_create_tiny_model(recipe=recipe))
+        log = lambda text: console.print(text, soft_wrap=True)  # noqa: E731
+        return str(load_or_create_tiny_model(recipe=recipe, log=log, console=console))
     return config.name_or_path
 
 
@@ -265,7 +267,10 @@ def _evaluate(trainer: Trainer, display: StepDisplay, when: str) -> dict[str, fl
         results = trainer.evaluate(progress=ticker.update)
     trainer.log.eval(trainer.step, results)
     per_env = ", ".join(f"{k.removesuffix('/accuracy')} {v:.3f}" for k, v in results.items() if k.endswith("/accuracy"))
-    display.print(f"held-out accuracy {when}: {results['accuracy']:.3f} ({per_env})")
+    turns = "".join(
+        f", {k.removesuffix('/turns')} mean turns {v:.2f}" for k, v in results.items() if k.endswith("/turns")
+    )
+    display.print(f"held-out accuracy {when}: {results['accuracy']:.3f} ({per_env}{turns})")
     return results
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,7 @@ class TokenBatch:
 
     input_ids: torch.Tensor  # [B, P + T] left-padded prompt, right-padded completion
     attention_mask: torch.Tensor  # [B, P + T] 1 on real tokens
-    completion_mask: torch.Tensor  # [B, T] 1 on completion tokens
+    completion_mask: torch.Tensor  # [B, T] 1 on completion tokens the model sampled (an episode's env tokens: 0)
     prompt_length: int  # P
     prompt_index: torch.Tensor  # [B] long: which distinct prompt row b continues (0 .. U-1)
     first_rows: torch.Tensor  # [U] long: the first row of each distinct prompt
@@ -60,18 +60,28 @@ class TokenBatch:
 
 
 def make_token_batch(
-    prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, device: torch.device
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_token_id: int,
+    device: torch.device,
+    model_masks: Sequence[Sequence[bool] | None] = (),
 ) -> TokenBatch:
-    """Lay out (prompt, completion) token-id pairs for one forward pass."""
+    """Lay out (prompt, completion) token-id pairs for one forward pass. ``model_masks``: per row,
+    where the model sampled the completion's tokens (an episode; None or absent: every token), so
+    the environment's tokens of an episode are in the forward pass but out of ``completion_mask``."""
+    masks_of = list(model_masks) or [None] * len(completions)
     prompt_length = max(len(p) for p in prompts)
     completion_length = max(1, max(len(c) for c in completions))
     rows, masks, completion_masks = [], [], []
     first_rows, prompt_index = distinct_rows(prompts)
-    for prompt, completion in zip(prompts, completions, strict=True):
+    for prompt, completion, model_mask in zip(prompts, completions, masks_of, strict=True):
         left, right = prompt_length - len(prompt), completion_length - len(completion)
         rows.append([pad_token_id] * left + prompt + completion + [pad_token_id] * right)
         masks.append([0] * left + [1] * (len(prompt) + len(completion)) + [0] * right)
-        completion_masks.append([1] * len(completion) + [0] * right)
+        sampled = [1] * len(completion) if model_mask is None else [int(m) for m in model_mask]
+        if len(sampled) != len(completion):
+            raise ValueError(f"a model mask of {len(sampled)} entries for a completion of {len(completion)} tokens")
+        completion_masks.append(sampled + [0] * right)
     return TokenBatch(
         input_ids=torch.tensor(rows, dtype=torch.long, device=device),
         attention_mask=torch.tensor(masks, dtype=torch.long, device=device),
@@ -217,8 +227,13 @@ class Policy:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def token_batch(self, prompts: list[list[int]], completions: list[list[int]]) -> TokenBatch:
-        return make_token_batch(prompts, completions, self.pad_token_id, self.device)
+    def token_batch(
+        self,
+        prompts: list[list[int]],
+        completions: list[list[int]],
+        model_masks: Sequence[Sequence[bool] | None] = (),
+    ) -> TokenBatch:
+        return make_token_batch(prompts, completions, self.pad_token_id, self.device, model_masks)
 
     def set_schedule_position(self, optimizer_step: int) -> None:
         """Set the learning rate of planned optimizer step ``optimizer_step`` (0-based). The position

@@ -20,24 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
+import random
 import shutil
 import socket
 import string
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from grpopp.envs.base import Environment, Task
+from grpopp.envs.base import Environment, Message, Task
+from grpopp.envs.guess import read_guess
+from grpopp.envs.multiturn import MultiTurnEnv, play_episode
 from grpopp.progress import Ticker, quiet_transformers_bars
+from grpopp.rewards.shaping import LengthLimits
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -53,6 +58,34 @@ TINY_ARITHMETIC_ENV: dict[str, Any] = {
 bare prompt "37 + 18=" and bare answer "55" (read as the last number of the completion). Operands up
 to 99 take the tiny model about four times as many warm-start steps to reach the same accuracy, and
 RL on them would move as slowly."""
+
+TINY_GUESS_ENV: dict[str, Any] = {
+    "min_n": 8,
+    "max_n": 24,
+    "prompt_template": "guess 1-{n}:",
+    "higher": ">",
+    "lower": "<",
+    "invalid": "?",
+    "max_tokens_per_turn": 3,
+    "max_total_tokens": 48,
+    "test_fraction": 0.25,
+}
+"""Options of the ``guess`` env in the ``tiny-guess`` recipe: a number from 1 to n (8..24) told ">"
+(higher) or "<" (lower) after each guess, as short plain text as the character model reads."""
+
+GUESS_DEMO_FEASIBLE = 0.5
+"""The warm start's demonstrations of ``guess``: each guess is drawn uniformly from the numbers the
+feedback so far leaves with this probability, else from the whole range 1..n. Such play wins about
+half the games within bisection's k guesses, so RL has both signal and room to find bisection."""
+
+Recipe = Literal["arithmetic", "guess"]
+"""The tiny model's warm starts: ``arithmetic`` (``grpopp train``'s default, ``name_or_path: tiny``)
+and ``guess`` (the multi-turn ``tiny-guess`` recipe, ``name_or_path: tiny-guess``)."""
+
+RECIPE_ENVS: dict[str, tuple[str, dict[str, Any]]] = {
+    "arithmetic": ("arithmetic", TINY_ARITHMETIC_ENV),
+    "guess": ("guess", TINY_GUESS_ENV),
+}
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 """Token ids 0, 1, 2; the printable ASCII characters follow (``string.printable``, 100 of them)."""
@@ -124,6 +157,10 @@ class TinyModelConfig(BaseModel):
                 f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}; pick a divisor"
             )
         return self
+
+
+TINY_GUESS_MODEL = TinyModelConfig(sft_steps=400, target_accuracy=1.0, eval_every=100)
+"""The ``guess`` warm start: 400 steps of demonstrated episodes (``guess_demo``), never stopped early."""
 
 
 # -- tokenizer and model -------------------------------------------------------------------------
@@ -230,24 +267,60 @@ def warm_start(
 def sft_batch(
     tokenizer: PreTrainedTokenizerFast, env: Environment[Any], tasks: Sequence[Task]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, labels, attention_mask), each [B, T], right-padded; labels are -100 on the prompt
-    and padding, so the loss covers only the answer and its EOS."""
-    rows: list[tuple[list[int], list[int]]] = []
-    for task in tasks:
-        answer = gold_answer(env, task)
-        prompt_ids = tokenizer(_prompt_text(task), add_special_tokens=False)["input_ids"]
-        answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-        rows.append((prompt_ids, answer_ids))
-    width = max(len(prompt) + len(answer) for prompt, answer in rows)
+    """(input_ids, labels, attention_mask), each [B, T], right-padded; labels are -100 on the prompt,
+    the environment's messages and padding, so the loss covers only what the model says (the answer
+    and its EOS, or each turn of a demonstrated episode and its EOS)."""
+    rows = [
+        episode_row(tokenizer, env, task) if isinstance(env, MultiTurnEnv) else answer_row(tokenizer, env, task)
+        for task in tasks
+    ]
+    width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
     labels = torch.full((len(rows), width), -100, dtype=torch.long)  # [B, T]
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
-    for row, (prompt_ids, answer_ids) in enumerate(rows):
-        length = len(prompt_ids) + len(answer_ids)
-        input_ids[row, :length] = torch.tensor(prompt_ids + answer_ids)
-        labels[row, len(prompt_ids) : length] = torch.tensor(answer_ids)
-        attention_mask[row, :length] = 1
+    for row, (ids, trained) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor([t if keep else -100 for t, keep in zip(ids, trained, strict=True)])
+        attention_mask[row, : len(ids)] = 1
     return input_ids, labels, attention_mask
+
+
+def answer_row(tokenizer: PreTrainedTokenizerFast, env: Environment[Any], task: Task) -> tuple[list[int], list[bool]]:
+    """(token ids, trained) of the prompt followed by the gold answer and EOS."""
+    prompt_ids = tokenizer(_prompt_text(task), add_special_tokens=False)["input_ids"]
+    answer_ids = [*tokenizer(gold_answer(env, task), add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, [False] * len(prompt_ids) + [True] * len(answer_ids)
+
+
+def episode_row(tokenizer: PreTrainedTokenizerFast, env: MultiTurnEnv[Any], task: Task) -> tuple[list[int], list[bool]]:
+    """(token ids, trained) of a demonstrated episode (``guess_demo``) laid out as the rollout lays out a
+    plain-text episode: the prompt, then each turn and EOS (trained), each reply as ``render_plain``."""
+    transcript = play_episode(env, task, guess_demo) or []
+    ids = list(tokenizer(_prompt_text(task), add_special_tokens=False)["input_ids"])
+    trained = [False] * len(ids)
+    for index, message in enumerate(transcript):
+        if message.role == "assistant":
+            turn = [*tokenizer(message.content, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            ids, trained = ids + turn, trained + [True] * len(turn)
+        elif index == 0 or transcript[index - 1].role == "assistant":  # a reply: its messages together
+            following = list(itertools.takewhile(lambda m: m.role != "assistant", transcript[index:]))
+            reply = tokenizer(env.render_plain(following), add_special_tokens=False)["input_ids"]
+            ids, trained = ids + reply, trained + [False] * len(reply)
+    return ids, trained
+
+
+def guess_demo(task: Task, transcript: list[Message]) -> str:
+    """A demonstration turn of ``guess`` (``GUESS_DEMO_FEASIBLE``), drawn from the task's and turn's own
+    generator: a number the feedback so far leaves, or any number of 1..n."""
+    n, secret = int(task.metadata["n"]), int(task.answer or 0)  # type: ignore[arg-type]
+    low, high = 1, n
+    for message in transcript:
+        guess = read_guess(message.content) if message.role == "assistant" else None
+        if guess is not None:
+            low, high = (max(low, guess + 1), high) if guess < secret else (low, min(high, guess - 1))
+    rng = random.Random(f"guess-demo|{task.id}|{len(transcript)}")
+    feasible = rng.random() < GUESS_DEMO_FEASIBLE and low <= high
+    return str(rng.randint(low, high) if feasible else rng.randint(1, n))
 
 
 def gold_answer(env: Environment[Any], task: Task) -> str:
@@ -278,16 +351,19 @@ def correct_counts(
     """How many of ``samples`` completions of each task verify as correct, [len(tasks)]: greedy at
     temperature 0, else plain softmax sampling; decoded by the same engine that training uses."""
     from grpopp.rollout.base import SamplingParams
+    from grpopp.rollout.episodes import rollout
+    from grpopp.rollout.groups import score_groups
     from grpopp.rollout.hf import HFEngine
 
     engine = HFEngine(model, tokenizer, batch_size=256)
     params = SamplingParams(max_new_tokens=_EVAL_MAX_NEW_TOKENS, temperature=temperature, seed=seed)
-    groups = engine.generate([_prompt_text(task) for task in tasks], params, n=samples)
-    results = env.judge_batch(
-        [task for task in tasks for _ in range(samples)], [c.text for group in groups for c in group]
-    )
-    correct = [result.status == "correct" for result in results]  # task-major: [len(tasks) x samples]
-    return [sum(correct[index * samples : (index + 1) * samples]) for index in range(len(tasks))]
+    for task in tasks:
+        _prompt_text(task)  # plain text only
+    completions = rollout(engine, list(tasks), {env.name: env}, params, n=samples)
+    limits = LengthLimits(max_length=_EVAL_MAX_NEW_TOKENS, cache_length=0)
+    return [
+        sum(s.correct for s in group.samples) for group in score_groups(tasks, completions, {env.name: env}, limits)
+    ]
 
 
 def accuracy(
@@ -331,21 +407,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GRPOPP_CACHE") or Path.home() / ".cache" / "grpopp")
 
 
-def recipe_key(config: TinyModelConfig) -> str:
-    """A short hash of everything that decides the model: config, env options, vocabulary, recipe version."""
-    recipe = {
+def recipe_key(config: TinyModelConfig, recipe: Recipe = "arithmetic") -> str:
+    """A short hash of everything that decides the model: config, env options, vocabulary, recipe version
+    (and, for another recipe than arithmetic, its name and demonstrations)."""
+    data: dict[str, Any] = {
         "version": RECIPE_VERSION,
         "config": config.model_dump(mode="json"),
-        "env": TINY_ARITHMETIC_ENV,
+        "env": RECIPE_ENVS[recipe][1],
         "vocab": [*SPECIAL_TOKENS, string.printable],
     }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    if recipe != "arithmetic":
+        data |= {"recipe": recipe, "demo_feasible": GUESS_DEMO_FEASIBLE}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_or_create_tiny_model(
     cache_dir: Path | None = None,
     config: TinyModelConfig | None = None,
     *,
+    recipe: Recipe = "arithmetic",
     log: Callable[[str], None] = print,
     console: Console | None = None,
 ) -> Path:
@@ -354,13 +434,16 @@ def load_or_create_tiny_model(
     through ``log`` and shows the warm start's progress: a bar on ``console`` when it is a terminal,
     else a line through ``log`` every 30 s.
 
-    The folder is ``<cache_dir>/tiny-arithmetic-<recipe hash>``. It is written into a temporary
-    sibling and renamed into place at the end, so a killed build leaves no half-written model under
-    the final name; the temporary folders of dead builds on this host are removed on the next call.
+    ``recipe``: the warm start, "arithmetic" (gold answers) or "guess" (demonstrated episodes of the
+    ``guess`` game, ``guess_demo``; ``target_accuracy`` is then the held-out greedy win rate, and the
+    config default ``TINY_GUESS_MODEL``). The folder is ``<cache_dir>/tiny-<recipe>-<recipe hash>``.
+    It is written into a temporary sibling and renamed into place at the end, so a killed build leaves
+    no half-written model under the final name; the temporary folders of dead builds on this host are
+    removed on the next call.
     """
-    config = config or TinyModelConfig()
+    config = config or (TINY_GUESS_MODEL if recipe == "guess" else TinyModelConfig())
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    final = cache_dir / f"tiny-arithmetic-{recipe_key(config)}"
+    final = cache_dir / f"tiny-{recipe}-{recipe_key(config, recipe)}"
     if final.is_dir():
         if not (final / _RECIPE_FILE).is_file():
             raise RuntimeError(f"{final} exists but holds no {_RECIPE_FILE}, so it is not a finished build; delete it")
@@ -372,7 +455,7 @@ def load_or_create_tiny_model(
     try:
         ticker = Ticker("tiny model warm start (SFT steps)", config.sft_steps, console=console, log=log, bound=True)
         with ticker:
-            metrics = _build(building, config, lambda done, note: ticker.update(done, note=note))
+            metrics = _build(building, config, recipe, lambda done, note: ticker.update(done, note=note))
         if final.is_dir():  # another process finished the same recipe first: keep its folder
             shutil.rmtree(building)
         else:
@@ -389,14 +472,15 @@ def load_or_create_tiny_model(
 
 
 def _build(
-    folder: Path, config: TinyModelConfig, progress: Callable[[int, str], None] | None = None
+    folder: Path, config: TinyModelConfig, recipe: Recipe, progress: Callable[[int, str], None] | None = None
 ) -> dict[str, float]:
     """Build, warm-start and save the model into ``folder``; the recipe file is written last."""
     from grpopp.envs.registry import make_env  # the registry imports grpopp; import it only when building
 
     started = time.perf_counter()
     folder.mkdir(parents=True)
-    env = make_env("arithmetic", **TINY_ARITHMETIC_ENV)
+    env_name, env_options = RECIPE_ENVS[recipe]
+    env = make_env(env_name, **env_options)
     with _torch_threads(2):
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, config)
@@ -405,8 +489,8 @@ def _build(
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     metrics["seconds"] = time.perf_counter() - started
-    recipe = {"config": config.model_dump(mode="json"), "env": TINY_ARITHMETIC_ENV, "metrics": metrics}
-    (folder / _RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    record = {"recipe": recipe, "config": config.model_dump(mode="json"), "env": env_options, "metrics": metrics}
+    (folder / _RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return metrics
 
 

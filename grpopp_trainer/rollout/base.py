@@ -73,18 +73,60 @@ class Completion:
     """Sampler log-probability of each generated token, [T_i], under the distribution it was drawn from."""
 
     finish_reason: FinishReason
-    """"stop": EOS or a stop string; "length": cut at max_new_tokens (truncated)."""
+    """"stop": EOS or a stop string; "length": cut at max_new_tokens (truncated). An episode: "length"
+    when its last turn was cut or it reached its token budget."""
+
+    model_mask: list[bool] | None = None
+    """An episode (``grpopp.rollout.episodes``): per token of ``token_ids``, True where the model
+    sampled it, False for the environment's messages (never trained; log-prob 0 there). None: every
+    token was sampled (a single turn)."""
+
+    messages: list[Message] | None = None
+    """An episode's transcript after the prompt: assistant turns and the environment's messages."""
+
+    episode: EpisodeStats | None = None
+    """What an episode took; None for a single turn."""
+
+    @property
+    def model_tokens(self) -> int:
+        """Tokens the model sampled (what length limits and penalties measure)."""
+        return len(self.token_ids) if self.model_mask is None else sum(self.model_mask)
+
+
+EpisodeEnd: TypeAlias = Literal["done", "max_turns", "max_tokens", "env_error"]
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    """How one episode went."""
+
+    turns: int
+    """Assistant turns."""
+    ended: EpisodeEnd
+    """done: the environment ended it; max_turns / max_tokens: a limit did; env_error: the
+    environment failed (``respond`` raised or overran its timeout), so the sample is masked."""
+    tool_calls: int = 0
+    tool_errors: int = 0
+    env_seconds: float = 0.0
+    """Wall-clock seconds in the environment's ``respond``."""
+    error: str | None = None
+    """Why the environment failed (``ended`` = env_error)."""
 
 
 class RolloutEngine(Protocol):
     """What the trainer needs from a generation backend."""
 
     samples_from_policy: bool
+    tokenizer: PreTrainedTokenizerBase
     """True when the engine decodes with the trainer's policy module itself (``hf``): under FSDP its
     parameters are then unsharded while it generates. False when it holds its own copy (``vllm``)."""
 
     def generate(self, prompts: list[Prompt], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
         """``n`` completions for each prompt: result[i][j] is completion j of prompts[i]."""
+        ...
+
+    def generate_ids(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """One completion continuing each row of token ids (an episode's next turn), taken as they are."""
         ...
 
     def sync_weights(self) -> None:
@@ -127,7 +169,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
                 "give plain-text prompts (e.g. set the environment's system_prompt to None) or "
                 "use a tokenizer with a chat template (tokenizer.chat_template = '...')"
             )
-        messages = [{"role": message.role, "content": message.content} for message in prompt]
+        messages = [message.template_dict() for message in prompt]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if not isinstance(text, str):
             raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not str")

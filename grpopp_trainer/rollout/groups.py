@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from grpopp.envs.base import Environment, Task
+from grpopp.envs.base import Environment, Message, Task
+from grpopp.envs.multiturn import MultiTurnEnv
 from grpopp.objective.advantages import zero_variance_groups
-from grpopp.rewards.shaping import LengthLimits, finite_or_error
-from grpopp.rewards.types import Reward
+from grpopp.rewards.shaping import LengthLimits, compose_reward, finite_or_error
+from grpopp.rewards.types import Reward, VerifyResult
 from grpopp.rollout.base import Completion
 
 
@@ -77,13 +78,33 @@ def score_groups(
     rewards: dict[tuple[int, int], Reward] = {}
     for env_name, slots in by_env.items():
         env = envs[env_name]
-        scored = env.score_batch(
-            [tasks[i] for i, _ in slots],
-            [completions[i][j].text for i, j in slots],
-            [len(completions[i][j].token_ids) for i, j in slots],
-            limits,
-        )
+        slot_tasks = [tasks[i] for i, _ in slots]
+        slot_completions = [completions[i][j] for i, j in slots]
+        lengths = [c.model_tokens for c in slot_completions]
+        if isinstance(env, MultiTurnEnv):
+            scored = env.score_episodes(slot_tasks, [transcript(c) for c in slot_completions], lengths, limits)
+            scored = [_env_error(env, c, limits) or reward for c, reward in zip(slot_completions, scored, strict=True)]
+        else:
+            scored = env.score_batch(slot_tasks, [c.text for c in slot_completions], lengths, limits)
         rewards.update(zip(slots, (finite_or_error(reward) for reward in scored), strict=True))
     return [
         Group(task, [Sample(c, rewards[(i, j)]) for j, c in enumerate(completions[i])]) for i, task in enumerate(tasks)
     ]
+
+
+def transcript(completion: Completion) -> list[Message]:
+    """An episode's messages after the prompt; a single turn's is its one assistant message."""
+    if completion.messages is not None:
+        return list(completion.messages)
+    return [Message(role="assistant", content=completion.text)]
+
+
+def _env_error(env: MultiTurnEnv[Any], completion: Completion, limits: LengthLimits) -> Reward | None:
+    """The reward of an episode the environment failed in (status error: masked), else None."""
+    episode = completion.episode
+    if episode is None or episode.ended != "env_error":
+        return None
+    verdict = VerifyResult.error(episode.error or "the environment failed", env.name)
+    return compose_reward(
+        verdict, completion.text, completion.model_tokens, env.config.reward, env.episode_limits(limits)
+    )

@@ -187,6 +187,11 @@ class HFEngine:
             raise ValueError(f"n must be >= 1, got {n}")
         prompt_ids = [self.encode_prompt(prompt) for prompt in prompts]
         rows = [ids for ids in prompt_ids for _ in range(n)]  # row i * n + j is copy j of prompt i
+        completions = self.generate_ids(rows, params)
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def generate_ids(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """One completion continuing each row of token ids, taken as they are (an episode's next turn)."""
         if params.seed is not None:
             self.generator.manual_seed(params.seed)
         was_training = self.model.training
@@ -200,8 +205,7 @@ class HFEngine:
                 ]
         finally:
             self.model.train(was_training)
-        completions = [self._completion(rows[r], result) for r, result in enumerate(results)]
-        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+        return [self._completion(rows[r], result) for r, result in enumerate(results)]
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt (see ``rollout.base.encode_prompt``)."""

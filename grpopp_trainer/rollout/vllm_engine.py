@@ -416,6 +416,15 @@ class VLLMEngine:
         outputs = self.awake_generate(requests, sampling)
         return [[to_completion(ids, o) for o in out.outputs] for ids, out in zip(prompt_ids, outputs, strict=True)]
 
+    def generate_ids(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """One completion continuing each row of token ids, given to vLLM as ``prompt_token_ids``."""
+        if not rows and not self.distributed:
+            return []
+        requests = [{"prompt_token_ids": list(ids)} for ids in rows]
+        sampling = [self.make_sampling_params(**sampling_kwargs(params, 1, i)) for i in range(len(rows))]
+        outputs = self.awake_generate(requests, sampling)
+        return [to_completion(list(ids), out.outputs[0]) for ids, out in zip(rows, outputs, strict=True)]
+
     def awake_generate(self, requests: Sequence[Mapping[str, Any]], sampling: Sequence[Any]) -> list[Any]:
         """Wake up (weights first, then the KV cache), generate, and sleep again if sleep mode is on."""
         if not self.weights_current:

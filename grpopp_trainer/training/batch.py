@@ -37,9 +37,19 @@ class TrainTensors:
     rewards: torch.Tensor  # [N] total reward, NaN where invalid
     valid: torch.Tensor  # [N] bool: the verifier could judge
     trained: torch.Tensor  # [N] bool: counts in the loss (valid, and not filtered as overlong)
+    model_masks: list[list[bool] | None] = field(default_factory=list)
+    """Per completion: an episode's mask of model-sampled tokens (None: all of them). Empty: no episode."""
     old_logprobs: list[list[float] | None] = field(default_factory=list)
     """pi_old per completion of a carried group (the learner's log-probs when it was generated); None
     for one generated this step, whose pi_old is the learner's now. Empty: no carried group."""
+
+    def model_tokens(self, row: int) -> int:
+        """Tokens of completion ``row`` the model sampled (an episode's environment tokens excluded)."""
+        mask = self.model_masks[row] if self.model_masks else None
+        return len(self.completions[row]) if mask is None else sum(mask)
+
+    def masks_of(self, rows: Sequence[int]) -> list[list[bool] | None]:
+        return [self.model_masks[r] for r in rows] if self.model_masks else [None] * len(rows)
 
 
 def to_tensors(
@@ -56,6 +66,7 @@ def to_tensors(
         prompts=[s.completion.prompt_ids for s in samples],
         completions=[s.completion.token_ids for s in samples],
         sampler_logprobs=[s.completion.logprobs for s in samples],
+        model_masks=[s.completion.model_mask for s in samples],
         old_logprobs=[
             None if old is None else old[k]
             for g, old in zip(groups, stored, strict=True)

@@ -38,7 +38,7 @@ from grpopp.rollout.config import FLAT_KEYS as ROLLOUT_FLAT_KEYS
 from grpopp.rollout.config import RolloutConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-RECIPES = ("tiny-arithmetic",)
+RECIPES = ("tiny-arithmetic", "tiny-guess")
 """Built-in configs shipped in ``grpopp/recipes/``."""
 
 
@@ -49,7 +49,8 @@ class ModelConfig(BaseModel):
 
     name_or_path: str = "tiny"
     """A local Hugging Face checkpoint directory or a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct). "tiny": the
-    built-in tiny arithmetic model, built and warm-started on first use and cached (~/.cache/grpopp)."""
+    built-in tiny arithmetic model, built and warm-started on first use and cached (~/.cache/grpopp);
+    "tiny-guess": the same model warm-started on the ``guess`` game (the ``tiny-guess`` recipe)."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype for training (the optimizer keeps the same dtype)."""

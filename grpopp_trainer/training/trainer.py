@@ -53,7 +53,8 @@ from grpopp.objective.losses import policy_loss
 from grpopp.progress import quiet_transformers_bars
 from grpopp.rewards.shaping import LengthLimits
 from grpopp.rewards.types import VERIFY_STATUSES
-from grpopp.rollout.base import RolloutEngine, SamplingParams
+from grpopp.rollout.base import EpisodeStats, RolloutEngine, SamplingParams
+from grpopp.rollout.episodes import episode_record, rollout
 from grpopp.rollout.groups import Group, Sample, score_groups
 from grpopp.training.batch import CollectStats, TrainTensors, pad, to_tensors
 from grpopp.training.config import TrainConfig
@@ -178,9 +179,7 @@ class Trainer:
         mine, params = my_share(self.dist, tasks), params.for_rank(self.dist.rank)
         started = time.perf_counter()
         with self._sampling():
-            completions = self.engine.generate(
-                [t.prompt for t in mine], params, n=self.config.rollout.completions_per_prompt
-            )
+            completions = rollout(self.engine, mine, self.envs, params, n=self.config.rollout.completions_per_prompt)
         stats.generation_seconds += time.perf_counter() - started
         started = time.perf_counter()
         scored = score_groups(mine, completions, self.envs, self.limits)
@@ -257,7 +256,7 @@ class Trainer:
         """One optimizer step over ``rows``, accumulated over micro-batches with a shared normaliser."""
         cfg, loss_cfg = self.config, self.config.algorithm.loss
         trained = tensors.trained[rows]
-        lengths = torch.tensor([len(tensors.completions[r]) for r in rows])  # [B] completion tokens
+        lengths = torch.tensor([tensors.model_tokens(r) for r in rows])  # [B] completion tokens the model sampled
         num_items = loss_cfg.aggregation.items(lengths * trained)  # the normaliser of the whole mini-batch
         lr = self.policy.lr
         if num_items == 0:  # every sample of the mini-batch masked: no update
@@ -274,10 +273,10 @@ class Trainer:
             if not micro:
                 micro, weight = active[:1], 0.0  # padding pass: no contribution to the gradient
             batch = self.policy.token_batch(
-                [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro]
+                [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro], tensors.masks_of(micro)
             )
             logprobs, entropy = self._completion_logprobs(self.policy.model, batch, with_entropy=True)
-            mask = batch.completion_mask  # [b, T]; every row here is trained
+            mask = batch.completion_mask  # [b, T]: the tokens the model sampled; every row here is trained
             length = batch.completion_length
             current = logprobs.detach()  # [b, T]: pi_old on-policy, and the stand-in on padding passes
             device, filler = logprobs.device, weight == 0.0
@@ -408,6 +407,8 @@ class Trainer:
         for name, summary in run.per_env.items():
             results[f"{name}/accuracy"] = summary.avg.value
             results[f"{name}/unjudged"] = float(summary.unjudged)
+            if summary.episodes is not None:  # a multi-turn environment
+                results[f"{name}/turns"] = summary.episodes.turns_mean
         results["accuracy"] = run.overall.avg.value
         return results
 
@@ -447,6 +448,7 @@ class Trainer:
             metrics[f"masked/{status}" if status != "unparseable" else "unparseable"] = stats.statuses.get(
                 status, 0
             ) / max(total_statuses, 1)
+        metrics.update(episode_metrics(batch.generated))
         for env_name in self.envs:
             env_samples = [s for g in batch.generated if g.task.env == env_name for s in g.samples if s.reward.valid]
             metrics[f"{env_name}/accuracy"] = _mean([float(s.correct) for s in env_samples])
@@ -542,7 +544,7 @@ class Trainer:
 
 
 def _sample_record(group: Group, sample: Sample) -> dict[str, Any]:
-    return {
+    record = {
         "task_id": group.task.id,
         "prompt": group.task.prompt if isinstance(group.task.prompt, str) else str(group.task.prompt),
         "completion": sample.completion.text,
@@ -550,6 +552,7 @@ def _sample_record(group: Group, sample: Sample) -> dict[str, Any]:
         "reward": sample.reward.model_dump(mode="json", exclude={"verification"}),
         "verification": sample.reward.verification.model_dump(mode="json") if sample.reward.verification else None,
     }
+    return record | episode_record(sample.completion)
 
 
 def make_reference(model: PreTrainedModel) -> PreTrainedModel:
@@ -619,6 +622,27 @@ def _or_rows(old: list[torch.Tensor | None], rows: list[int], current: torch.Ten
         stored = old[r]
         chosen.append(current[i] if stored is None else stored)
     return chosen
+
+
+def episode_metrics(groups: Sequence[Group]) -> dict[str, float]:
+    """Per multi-turn environment, means over its episodes: assistant turns, tool calls, failed tool
+    calls, the share ended by the turn limit, by the token limit and by an environment error; and
+    ``time/environment``, the seconds of every ``respond`` summed over episodes (they run in parallel)."""
+    by_env: dict[str, list[EpisodeStats]] = defaultdict(list)
+    for group in groups:
+        for sample in group.samples:
+            if sample.completion.episode is not None:
+                by_env[group.task.env].append(sample.completion.episode)
+    metrics: dict[str, float] = {}
+    for env_name, episodes in by_env.items():
+        metrics[f"{env_name}/turns"] = _mean([e.turns for e in episodes])
+        metrics[f"{env_name}/tool_calls"] = _mean([e.tool_calls for e in episodes])
+        metrics[f"{env_name}/tool_errors"] = _mean([e.tool_errors for e in episodes])
+        for end in ("max_turns", "max_tokens", "env_error"):
+            metrics[f"{env_name}/ended_{end}"] = _mean([float(e.ended == end) for e in episodes])
+    if by_env:
+        metrics["time/environment"] = sum(e.env_seconds for episodes in by_env.values() for e in episodes)
+    return metrics
 
 
 def _mean(values: list[float] | list[int]) -> float:
