@@ -272,3 +272,36 @@ def test_built_in_multi_turn_environments_train_and_evaluate_end_to_end(name, tm
     assert all(r["messages"][0]["role"] == "assistant" and r["trained_spans"] for r in records)
     reverified = runner.invoke(app, ["eval", "reverify", str(tmp_path / "eval" / "samples.jsonl")])
     assert reverified.exit_code == 0, reverified.output
+
+
+def test_a_mixture_of_single_turn_and_multi_turn_environments_trains_in_one_step(tmp_path):
+    """One rollout call serves both kinds: arithmetic's completions come from `generate` unchanged
+    (no model mask, no transcript), guess's episodes from `generate_ids`; the mixture's quotas hold."""
+    from random_model import save_random_model
+
+    from grpopp.jobs.run import train
+    from grpopp.training.config import TrainConfig
+
+    model = save_random_model(tmp_path / "model")
+    config = TrainConfig.model_validate(
+        {
+            "model": {"name_or_path": str(model)},
+            "rollout": {"completions_per_prompt": 2, "max_new_tokens": 4},
+            "algorithm": {"dynamic_sampling": {"enabled": False}},  # a random model: groups without signal
+            "envs": [
+                {"name": "arithmetic", "weight": 0.5},
+                {"name": "guess", "weight": 0.5, "config": {"max_turns": 3, "max_total_tokens": 40}},
+            ],
+            "batch": {"prompts_per_step": 4, "micro_batch_size": 16},
+            "steps": 1,
+            "eval": {"tasks_per_env": 0},
+            "logging": {"run_dir": str(tmp_path / "run"), "progress": False, "samples_per_step": 4},
+        }
+    )
+    train(config)
+    (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 1.0 <= metrics["guess/turns"] <= 3.0 and "arithmetic/turns" not in metrics
+    assert metrics["completions_generated"] == 8  # 2 prompts of each environment x 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    by_env = {r["task_id"].split("/")[0]: r for r in records}
+    assert "messages" in by_env["guess"] and "messages" not in by_env["arithmetic"]
