@@ -38,6 +38,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpopp.learner.distributed import SINGLE, DistInfo
+from grpopp.learner.logprobs import selected_logprobs
 from grpopp.learner.optim import OptimConfig
 from grpopp.rollout.base import distinct_rows
 from grpopp.rollout.hf import cache_keyword, returned_cache
@@ -113,15 +114,9 @@ def completion_logprobs(
         logits = _shared_prompt_logits(model, batch)
     else:
         logits = _flat_logits(model, batch)
-    logits = logits.float() / temperature  # [B, T, V]
     targets = batch.input_ids[:, batch.prompt_length :]  # [B, T]
-    log_softmax = torch.log_softmax(logits, dim=-1)  # [B, T, V]
-    logprobs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)  # [B, T]
-    return logprobs, entropy
+    # Chunked over positions, with no float32 copy of the whole [B, T, V] (``grpopp.learner.logprobs``).
+    return selected_logprobs(logits, targets, temperature, with_entropy)
 
 
 def _checkpointing(model: PreTrainedModel) -> bool:
