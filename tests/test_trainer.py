@@ -433,6 +433,22 @@ def test_micro_batch_size_changes_neither_the_update_nor_the_logged_loss(tmp_pat
     assert any(g.abs().sum() > 0 for g in full_grads.values())
 
 
+@pytest.mark.parametrize(("micro", "expected"), [(8, 15 / 42), (1, 0.0)])
+def test_padding_fraction_is_the_share_of_padded_positions_in_the_passes(tmp_path, model_dir, micro, expected):
+    """fixed_tensors' trained rows 0-6 (prompt lengths 3 2 3 2 1 1 2, completion lengths 2 3 1 3 1 2 1),
+    by hand: one pass of [7, 3 + 3] holds 42 positions, 27 of them tokens; single rows never pad."""
+    config = config_for(
+        tmp_path,
+        model_dir,
+        name=f"padding-{micro}",
+        batch={"prompts_per_step": 4, "micro_batch_size": micro},
+        algorithm={"preset": "grpopp", "loss": {"tis": "off"}},
+        rollout={"completions_per_prompt": 2},
+    )
+    trainer = build_trainer(config, tmp_path / f"padding-{micro}")
+    assert trainer.update(*fixed_tensors())["padding_fraction"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_tis_with_filtered_sampling_is_refused(tmp_path, model_dir):
     with pytest.raises(
         ConfigError, match="algorithm.loss.tis.type='token_truncate' with rollout.top_p/top_k filtering"

@@ -263,7 +263,7 @@ class Trainer:
             self.skipped_updates += 1
             return {"skipped_update": 1.0, "lr": lr}
         stats = _MetricAccumulator()
-        tokens = 0
+        tokens, padded, positions = 0, 0, 0  # trained tokens; padded and all positions of the passes
         size = cfg.batch.micro_batch_size
         active = self._rows_with_gradient(tensors, advantages, rows)
         mine, passes = self._my_rows(active)  # passes beyond mine are padding, with loss x 0
@@ -300,11 +300,14 @@ class Trainer:
             finite = finite and bool(torch.isfinite(out.loss))
             micro_tokens = int(mask.sum())
             tokens += micro_tokens
+            positions += batch.input_ids.numel()
+            padded += batch.input_ids.numel() - int(batch.attention_mask.sum())
             entropy_mean = float((entropy * mask).sum() / mask.sum()) if entropy is not None else math.nan
             stats.add({**out.metrics, "entropy": entropy_mean}, weight=micro_tokens)
         if self.dist.enabled:  # every rank decides alike, and reports the whole mini-batch
             finite = all(gather_objects(self.dist, finite))
             tokens = sum(gather_objects(self.dist, tokens))
+            padded, positions = map(sum, zip(*gather_objects(self.dist, (padded, positions)), strict=True))
             stats = _MetricAccumulator.merged(gather_objects(self.dist, stats))
         if not finite:  # a non-finite loss: the gradients are dropped, the step skipped and counted
             self.policy.zero_grad()
@@ -317,6 +320,8 @@ class Trainer:
         summary.update(
             {"grad_norm": grad_norm, "skipped_update": 0.0 if applied else 1.0, "train_tokens": tokens, "lr": lr}
         )
+        # Padding: the share of the learner's [b, P + T] positions that are padding (flat layout).
+        summary["padding_fraction"] = padded / positions if positions else math.nan
         return summary
 
     def _completion_logprobs(
