@@ -20,7 +20,7 @@ from grpopp.config_tools import ConfigError, UserError, apply_overrides, load_co
 from grpopp.envs.base import Environment, Message, Split, Task, prompt_text
 from grpopp.envs.check import CONTENT_TASKS, check_env
 from grpopp.envs.mixture import EnvSpec, build_mixture, parse_env_arg
-from grpopp.envs.multiturn import MultiTurnEnv, last_assistant, play_episode
+from grpopp.envs.multiturn import MultiTurnEnv, last_assistant, play_episode, stored_transcript
 from grpopp.envs.registry import env_class, make_env, registered_envs
 from grpopp.rewards.shaping import LengthLimits
 
@@ -205,7 +205,7 @@ def verify_command(
         try:
             record = json.loads(line)
             task = _parse_task_id(env, str(record["task_id"]))
-            transcript = _transcript(record)
+            transcript = stored_transcript(record)
             text = last_assistant(transcript) if transcript is not None else str(record["completion"])
             length = record.get("num_tokens")
         except (json.JSONDecodeError, KeyError, ValueError, IndexError, ValidationError) as exc:
@@ -234,16 +234,6 @@ def verify_command(
         typer.echo(json.dumps(out))
     if bad_lines:
         raise fail(f"{bad_lines} input line(s) could not be read (see the 'error' records)", code=1)
-
-
-def _transcript(record: dict[str, Any]) -> list[Message] | None:
-    """An episode's messages after the prompt (the "messages" field of samples.jsonl), or None."""
-    messages = record.get("messages")
-    if messages is None:
-        return None
-    if not isinstance(messages, list):
-        raise ValueError('"messages" must be a list of {role, content} objects')
-    return [Message.model_validate(message) for message in messages]
 
 
 def _input_lines(path: Path) -> list[str]:

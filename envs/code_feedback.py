@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import Field
 
-from grpopp.envs.base import Message, Split, Task
-from grpopp.envs.code import CodeEnv, extract_program
-from grpopp.envs.multiturn import MultiTurnConfig, MultiTurnEnv, Reply, last_assistant
+from grpopp.envs.base import Message, Task
+from grpopp.envs.code import extract_program
+from grpopp.envs.multiturn import MultiTurnConfig, OverEnvironment, Reply, last_assistant
 from grpopp.envs.registry import make_env, register_env
 from grpopp.rewards.types import VerifyResult
 
@@ -44,40 +44,21 @@ class CodeFeedbackConfig(MultiTurnConfig):
 
 
 @register_env("code_feedback")
-class CodeFeedbackEnv(MultiTurnEnv[CodeFeedbackConfig]):
+class CodeFeedbackEnv(OverEnvironment[CodeFeedbackConfig]):
     """Programs revised from public-test feedback; rewarded on every test of the final program."""
 
     config_class = CodeFeedbackConfig
 
     def __init__(self, config: CodeFeedbackConfig) -> None:
+        self.inner = make_env("code", **config.data_options)
         super().__init__(config)
-        code = make_env("code", **config.data_options)
-        assert isinstance(code, CodeEnv)
-        self.code = code
-
-    def num_tasks(self, split: Split = "train") -> int | None:
-        return self.code.num_tasks(split)
-
-    def task(self, index: int, split: Split = "train") -> Task:
-        inner = self.code.task(index, split)
-        prompt = self.make_prompt(inner.prompt) if isinstance(inner.prompt, str) else inner.prompt
-        return inner.model_copy(update={"id": self.task_id(index, split), "env": self.name, "prompt": prompt})
-
-    def _inner(self, task: Task, tests: int | None = None) -> Task:
-        update: dict[str, Any] = {"env": self.code.name}
-        if tests is not None:
-            update["tests"] = (task.tests or [])[:tests]
-        return task.model_copy(update=update)
-
-    def split_violation(self, task: Task, split: Split) -> str | None:
-        return self.code.split_violation(self._inner(task), split)
 
     def respond(self, task: Task, state: object, transcript: list[Message]) -> Reply:
         turn = transcript[-1].content
         if extract_program(turn) is None:
             return Reply(messages=[Message(role="user", content=self.config.no_program)])
-        public = self._inner(task, self.config.public_tests)
-        result = self.code.verify(public, turn)
+        public = self.as_inner(task, tests=(task.tests or [])[: self.config.public_tests])
+        result = self.inner.verify(public, turn)
         if result.status == "correct":
             return Reply(done=True)
         if result.status in ("error", "timeout"):  # the sandbox could not judge: an environment fault
@@ -88,18 +69,18 @@ class CodeFeedbackEnv(MultiTurnEnv[CodeFeedbackConfig]):
         return Reply(messages=[Message(role="user", content=self.config.feedback.format(test=test, reason=reason))])
 
     def verify_episode(self, task: Task, transcript: list[Message]) -> VerifyResult:
-        return self.code.verify(self._inner(task), last_assistant(transcript))
+        return self.inner.verify(self.as_inner(task), last_assistant(transcript))
 
     def judge_episodes(self, tasks: Sequence[Task], transcripts: Sequence[list[Message]]) -> list[VerifyResult]:
         """The code environment's batched judging (every run in the sandbox pool at once)."""
-        return self.code.judge_batch([self._inner(t) for t in tasks], [last_assistant(t) for t in transcripts])
+        return self.inner.judge_batch([self.as_inner(t) for t in tasks], [last_assistant(t) for t in transcripts])
 
     def gold_turn(self, task: Task, transcript: list[Message]) -> str | None:
         """The reference solution at once."""
-        return self.code.gold_completion(self._inner(task))
+        return self.inner.gold_completion(self.as_inner(task))
 
     def wrong_turn(self, task: Task, transcript: list[Message]) -> str | None:
-        return self.code.wrong_completion(self._inner(task))
+        return self.inner.wrong_completion(self.as_inner(task))
 
 
 def _first_failed(reason: str) -> int:

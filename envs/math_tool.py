@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from grpopp.envs.base import Environment, Message, Split, Task
-from grpopp.envs.multiturn import last_assistant
+from grpopp.envs.base import Message, Task
+from grpopp.envs.multiturn import OverEnvironment, last_assistant
 from grpopp.envs.registry import make_env, register_env
 from grpopp.envs.tools import (
     CALCULATOR,
@@ -62,35 +62,18 @@ class MathToolConfig(ToolEnvConfig):
 
 
 @register_env("math_tool")
-class MathToolEnv(ToolEnv[MathToolConfig]):
+class MathToolEnv(ToolEnv[MathToolConfig], OverEnvironment[MathToolConfig]):
     """Math word problems with tools; graded by math-verify on the final answer."""
 
     config_class = MathToolConfig
 
     def __init__(self, config: MathToolConfig) -> None:
-        self.data: Environment[Any] = make_env(config.data, **config.data_options)
+        self.inner = make_env(config.data, **config.data_options)
         super().__init__(config)
 
     def make_tools(self) -> Sequence[Tool]:
         made = {"calculator": CALCULATOR, "python": python_tool(self.config.sandbox)}
         return [made[name] for name in self.config.tools]
-
-    def num_tasks(self, split: Split = "train") -> int | None:
-        return self.data.num_tasks(split)
-
-    def task(self, index: int, split: Split = "train") -> Task:
-        inner = self.data.task(index, split)
-        prompt = self.make_prompt(inner.prompt) if isinstance(inner.prompt, str) else inner.prompt
-        return inner.model_copy(update={"id": self.task_id(index, split), "env": self.name, "prompt": prompt})
-
-    def _inner(self, task: Task) -> Task:
-        return task.model_copy(update={"env": self.data.name})
-
-    def instance_key(self, task: Task) -> str | None:
-        return self.data.instance_key(self._inner(task))
-
-    def split_violation(self, task: Task, split: Split) -> str | None:
-        return self.data.split_violation(self._inner(task), split)
 
     def start(self, task: Task) -> dict[str, list[str]]:
         return {"cells": []}
@@ -108,19 +91,19 @@ class MathToolEnv(ToolEnv[MathToolConfig]):
         return (f"error: {text}" if failed else text), failed
 
     def verify_episode(self, task: Task, transcript: list[Message]) -> VerifyResult:
-        return self.data.verify(self._inner(task), last_assistant(transcript))
+        return self.inner.verify(self.as_inner(task), last_assistant(transcript))
 
     def judge_episodes(self, tasks: Sequence[Task], transcripts: Sequence[list[Message]]) -> list[VerifyResult]:
         """The math environment's batched grading of each final answer (its worker pool)."""
         finals = [last_assistant(t) for t in transcripts]
-        return self.data.judge_batch([self._inner(t) for t in tasks], finals)
+        return self.inner.judge_batch([self.as_inner(t) for t in tasks], finals)
 
     def gold_turn(self, task: Task, transcript: list[Message]) -> str | None:
         """A calculator call that states the answer, then the answer."""
         if not any(m.role == "tool" for m in transcript) and "calculator" in self.tools:
             call = {"name": "calculator", "arguments": {"expression": task.answer}}
             return f"Let me check.\n<tool_call>{json.dumps(call)}</tool_call>"
-        return self.data.gold_completion(self._inner(task))
+        return self.inner.gold_completion(self.as_inner(task))
 
     def wrong_turn(self, task: Task, transcript: list[Message]) -> str | None:
-        return self.data.wrong_completion(self._inner(task))
+        return self.inner.wrong_completion(self.as_inner(task))

@@ -29,12 +29,12 @@ the next assistant turn from the transcript so far, or None where the environmen
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from grpopp.envs.base import EnvConfig, Environment, Message, Task
+from grpopp.envs.base import EnvConfig, Environment, Message, Split, Task
 from grpopp.rewards.shaping import LengthLimits, compose_reward, finite_or_error
 from grpopp.rewards.types import Reward, RewardComponent, VerifyResult
 
@@ -82,7 +82,6 @@ class MultiTurnEnv(Environment[ConfigT], Generic[ConfigT]):
     and implement ``num_tasks``, ``task``, ``respond`` and ``verify_episode``; ``start``,
     ``render_plain``, ``gold_turn`` and ``wrong_turn`` have defaults."""
 
-    multi_turn: ClassVar[bool] = True
     config_class: ClassVar[type[EnvConfig]] = MultiTurnConfig
 
     def start(self, task: Task) -> Any:
@@ -201,13 +200,47 @@ class MultiTurnEnv(Environment[ConfigT], Generic[ConfigT]):
         return limits.model_copy(update={"max_length": total, "cache_length": min(cache, total)})
 
 
+class OverEnvironment(MultiTurnEnv[ConfigT]):
+    """A multi-turn environment over another environment's problems (``inner``, set by ``__init__``
+    before calling the base's): its tasks relabelled as this environment's (id, env name, a plain
+    prompt wrapped by this environment's ``system_prompt``), held out by the inner environment's
+    splits and problem keys (``as_inner`` turns a task back into the inner environment's)."""
+
+    inner: Environment[Any]
+
+    def num_tasks(self, split: Split = "train") -> int | None:
+        return self.inner.num_tasks(split)
+
+    def task(self, index: int, split: Split = "train") -> Task:
+        inner = self.inner.task(index, split)
+        prompt = self.make_prompt(inner.prompt) if isinstance(inner.prompt, str) else inner.prompt
+        return inner.model_copy(update={"id": self.task_id(index, split), "env": self.name, "prompt": prompt})
+
+    def as_inner(self, task: Task, **update: Any) -> Task:
+        """``task`` as the inner environment's (with ``update``'s fields changed)."""
+        return task.model_copy(update={"env": self.inner.name, **update})
+
+    def instance_key(self, task: Task) -> str | None:
+        return self.inner.instance_key(self.as_inner(task))
+
+    def split_violation(self, task: Task, split: Split) -> str | None:
+        return self.inner.split_violation(self.as_inner(task), split)
+
+
 def last_assistant(transcript: Sequence[Message]) -> str:
     """The content of the last assistant message ("" when there is none)."""
     return next((m.content for m in reversed(transcript) if m.role == "assistant"), "")
 
 
-def is_multi_turn(env: Environment[Any]) -> bool:
-    return bool(getattr(env, "multi_turn", False))
+def stored_transcript(record: Mapping[str, Any]) -> list[Message] | None:
+    """The messages of a stored episode (the "messages" of a samples.jsonl record), validated; None
+    for a record of one turn, which has none."""
+    messages = record.get("messages")
+    if messages is None:
+        return None
+    if not isinstance(messages, list):
+        raise ValueError('"messages" must be a list of {role, content} objects')
+    return [Message.model_validate(message) for message in messages]
 
 
 def play_episode(

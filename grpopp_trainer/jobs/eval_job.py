@@ -52,7 +52,7 @@ from rich.console import Console
 from grpopp.config_tools import ConfigError, check_model_source, format_validation_error
 from grpopp.envs.base import Environment, Message, Split, Task
 from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
-from grpopp.envs.multiturn import MultiTurnEnv
+from grpopp.envs.multiturn import MultiTurnEnv, stored_transcript
 from grpopp.envs.registry import make_env
 from grpopp.evaluation.evaluate import (
     EvalRun,
@@ -490,10 +490,8 @@ def _record_outcome(env: str, task_id: str, samples: dict[int, dict[str, Any]]) 
 
 def _transcript_of(record: dict[str, Any]) -> list[Message]:
     """A stored episode's messages; a record without them (one turn) is its completion."""
-    messages = record.get("messages")
-    if messages is None:
-        return [Message(role="assistant", content=str(record["completion"]))]
-    return [Message.model_validate(message) for message in messages]
+    messages = stored_transcript(record)
+    return [Message(role="assistant", content=str(record["completion"]))] if messages is None else messages
 
 
 def _read_text(path: Path) -> str:

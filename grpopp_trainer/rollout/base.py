@@ -117,9 +117,11 @@ class RolloutEngine(Protocol):
     """What the trainer needs from a generation backend."""
 
     samples_from_policy: bool
-    tokenizer: PreTrainedTokenizerBase
     """True when the engine decodes with the trainer's policy module itself (``hf``): under FSDP its
     parameters are then unsharded while it generates. False when it holds its own copy (``vllm``)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    """The tokenizer of the sampled ids (episodes encode their prompts and messages with it)."""
 
     def generate(self, prompts: list[Prompt], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
         """``n`` completions for each prompt: result[i][j] is completion j of prompts[i]."""

@@ -97,8 +97,9 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, tools: list[d
     if isinstance(prompt, str):
         return encode_prompt(tokenizer, f"{described}\n\n{prompt}")
     encode_prompt(tokenizer, prompt)  # the checks (a template exists, the prompt is not empty)
-    if template_text(tokenizer, prompt, True, tools) != template_text(tokenizer, prompt, True):
-        return list(tokenizer.encode(template_text(tokenizer, prompt, True, tools), add_special_tokens=False))
+    with_tools = template_text(tokenizer, prompt, True, tools)
+    if with_tools != template_text(tokenizer, prompt, True):
+        return list(tokenizer.encode(with_tools, add_special_tokens=False))
     if prompt and prompt[0].role == "system":
         system = Message(role="system", content=f"{prompt[0].content}\n\n{described}")
         return encode_prompt(tokenizer, [system, *prompt[1:]])

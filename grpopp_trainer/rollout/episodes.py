@@ -126,7 +126,7 @@ def rollout(
             ids = prompt_ids(engine.tokenizer, task.prompt, env.tool_schemas)
             episodes += [(i, _start(env, task, ids)) for _ in range(n)]
     if episodes:
-        _play(engine, [e for _, e in episodes if e.ended is None], params, engine.tokenizer)
+        _play(engine, [e for _, e in episodes if e.ended is None], params)
     for i, episode in episodes:
         results[i].append(episode.completion())
     return results
@@ -141,12 +141,13 @@ def _start(env: MultiTurnEnv[Any], task: Task, ids: list[int]) -> _Episode:
     return episode
 
 
-def _play(engine: RolloutEngine, live: list[_Episode], params: SamplingParams, tokenizer: Any) -> None:
+def _play(engine: RolloutEngine, live: list[_Episode], params: SamplingParams) -> None:
     """Turns until every episode has ended: the next turn of every live episode (one engine call per
     distinct turn limit), then steps 1-2 of the module docstring."""
     turn = 0
     # Not a `with` block: its exit would wait for a respond that overran its timeout and still runs.
     pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(live))), thread_name_prefix="grpopp-env")
+    tokenizer = engine.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []))
     try:
         while live:

@@ -44,7 +44,7 @@ from transformers import PreTrainedModel
 
 from grpopp.envs.base import Environment, Task
 from grpopp.envs.mixture import Mixture, build_mixture
-from grpopp.evaluation.evaluate import EvalSettings, evaluate_engine
+from grpopp.evaluation.evaluate import EvalSettings, episode_summary, evaluate_engine
 from grpopp.learner import checkpoint as ckpt
 from grpopp.learner.distributed import barrier, gather_objects, gather_shares, my_share
 from grpopp.learner.policy import Policy, TokenBatch, completion_logprobs
@@ -640,11 +640,14 @@ def episode_metrics(groups: Sequence[Group]) -> dict[str, float]:
                 by_env[group.task.env].append(sample.completion.episode)
     metrics: dict[str, float] = {}
     for env_name, episodes in by_env.items():
-        metrics[f"{env_name}/turns"] = _mean([e.turns for e in episodes])
-        metrics[f"{env_name}/tool_calls"] = _mean([e.tool_calls for e in episodes])
-        metrics[f"{env_name}/tool_errors"] = _mean([e.tool_errors for e in episodes])
-        for end in ("max_turns", "max_tokens", "env_error"):
-            metrics[f"{env_name}/ended_{end}"] = _mean([float(e.ended == end) for e in episodes])
+        summary = episode_summary(episodes)  # evaluation's summary of the same episodes
+        assert summary is not None
+        metrics[f"{env_name}/turns"] = summary.turns_mean
+        metrics[f"{env_name}/tool_calls"] = summary.tool_calls_mean
+        metrics[f"{env_name}/tool_errors"] = summary.tool_errors_mean
+        metrics[f"{env_name}/ended_max_turns"] = summary.ended_by_turn_limit
+        metrics[f"{env_name}/ended_max_tokens"] = summary.ended_by_token_limit
+        metrics[f"{env_name}/ended_env_error"] = summary.ended_by_env_error
     if by_env:
         metrics["time/environment"] = sum(e.env_seconds for episodes in by_env.values() for e in episodes)
     return metrics
