@@ -23,6 +23,7 @@ from grpopp.cli.plugins import PluginOption, load_plugins, load_recorded_plugins
 from grpopp.config_tools import ConfigError, check_model_source
 from grpopp.envs.mixture import build_mixture
 from grpopp.learner.distributed import close_distributed
+from grpopp.learner.lora import check_targets, require_peft
 from grpopp.training.config import RECIPES, TrainConfig, load_run_config, resolve_train_config
 
 console = Console()
@@ -113,10 +114,14 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 
 def _preflight(config: TrainConfig, resuming: bool) -> None:
     """Check what would otherwise fail only after the model is loaded: the model folder (a resumed
-    run reads its checkpoint, and the original model only as the KL reference) and the packages of
-    the optional writers."""
-    if not resuming or config.derived().reference_model:
+    run reads its checkpoint, and the original model only as the KL reference or, with LoRA, as the
+    base model) and the packages of the optional writers and of LoRA."""
+    if not resuming or config.derived().reference_model or config.model.lora is not None:  # LoRA: the base
         check_model_source(config.model.name_or_path, "model.name_or_path (--model)")
+    if config.model.lora is not None:
+        require_peft()
+        if (Path(config.model.name_or_path).expanduser() / "config.json").is_file():
+            check_targets(Path(config.model.name_or_path).expanduser(), config.model.lora)
     run_dir = config.logging.run_dir
     if not resuming and run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise ConfigError(f"logging.run_dir (--run-dir) {run_dir!r} is a file; give a folder for the run")

@@ -192,6 +192,17 @@ FOREIGN_NAMES: tuple[ForeignName, ...] = (
         ("actor_rollout_ref.model.enable_gradient_checkpointing",),
     ),
     ForeignName("model.dtype", ("bf16",), (), "bf16=true is model.dtype=bfloat16"),
+    ForeignName("model.lora.r", ("lora_r",), ("actor_rollout_ref.model.lora_rank",), "setting it turns LoRA on"),
+    ForeignName("model.lora.alpha", ("lora_alpha",), ("actor_rollout_ref.model.lora_alpha",)),
+    ForeignName("model.lora.dropout", ("lora_dropout",), ()),
+    ForeignName("model.lora.target_modules", ("lora_target_modules",), ("actor_rollout_ref.model.target_modules",)),
+    ForeignName("model.lora", ("use_peft",), (), "model.lora.r=16 (or any model.lora key) turns LoRA on"),
+    ForeignName(
+        "batch.max_tokens_per_micro_batch",
+        (),
+        ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "actor_rollout_ref.actor.use_dynamic_bsz"),
+        "the budget in padded positions per pass; setting it turns token-budget micro-batches on",
+    ),
     ForeignName("", ("max_prompt_length",), ("data.max_prompt_length",), "grpopp never truncates prompts"),
 )
 """TRL ``GRPOConfig`` and verl names of grpopp's settings: an unknown key that is one of them gets
@@ -421,6 +432,14 @@ def union_members(annotation: Any) -> dict[str, type[BaseModel]]:
     return members
 
 
+def optional_model(annotation: Any) -> type[BaseModel] | None:
+    """X for a field annotated ``X | None`` with X a model: an optional section (``model.lora``), whose
+    sub-keys may be set while it is None (it then starts from X's defaults)."""
+    args = typing.get_args(annotation)
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(args) == 2 and type(None) in args and len(models) == 1 else None
+
+
 def _check_path(model: type[BaseModel], path: list[str], data: Any = None) -> dict[str, type[BaseModel]]:
     """Refuse a dotted key that names no field, suggesting the closest one (or grpopp's key for a
     TRL/verl name). Under a variant field (``union_members``) a key is one of the variant's fields: the
@@ -453,10 +472,14 @@ def _check_path(model: type[BaseModel], path: list[str], data: Any = None) -> di
                 return members
             current = holders[0]
             continue
-        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if not is_model:
+        section = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else optional_model(annotation)
+        )
+        if section is None:
             raise ConfigError(f"unknown key {'.'.join(path)!r}: {'.'.join(path[: depth + 1])!r} has no sub-keys")
-        current = annotation  # type: ignore[assignment]
+        current = section
     return {}
 
 
@@ -468,7 +491,9 @@ def set_key(model: type[BaseModel], data: dict[str, Any], key: str, value: Any) 
     variants = _check_path(model, path, data)
     target = data
     for part in path[:-1]:
-        target = target.setdefault(part, {})
+        if target.get(part) is None:  # a section not given, or an optional one that is off (None)
+            target[part] = {}
+        target = target[part]
     if variants:
         if value is False and "off" in variants:
             value = "off"  # YAML 1.1, and --set, read `off` as false
@@ -534,16 +559,20 @@ or on the ``guess`` game."""
 
 
 def check_model_source(value: str, what: str = "model.name_or_path", also: str = "") -> None:
-    """Refuse a model that is neither "tiny", a local Hugging Face model folder (one with config.json)
-    nor shaped like a hub id (NAME or NAMESPACE/NAME), before transformers or the hub see it: a
-    path-looking value that does not exist ("/data/model", "./ckpt") is a missing folder, not a repo.
-    ``also`` names the other things ``what`` may be (e.g. "a run directory, ")."""
+    """Refuse a model that is neither "tiny", a local Hugging Face model folder (one with config.json),
+    a folder of LoRA adapters (adapter_config.json, e.g. a LoRA run's checkpoint) nor shaped like a hub
+    id (NAME or NAMESPACE/NAME), before transformers or the hub see it: a path-looking value that does
+    not exist ("/data/model", "./ckpt") is a missing folder, not a repo. ``also`` names the other things
+    ``what`` may be (e.g. "a run directory, ")."""
     if value in TINY_MODELS:
         return
     path = Path(value).expanduser()
-    fix = f"give {also}a model folder (with config.json), a hub id (NAME or NAMESPACE/NAME) or 'tiny'"
+    fix = (
+        f"give {also}a model folder (with config.json), a folder of LoRA adapters (with adapter_config.json), "
+        "a hub id (NAME or NAMESPACE/NAME) or 'tiny'"
+    )
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
             raise ConfigError(f"{what} {value!r} is a folder without config.json, not a model folder: {fix}")
         return
     if path.exists():

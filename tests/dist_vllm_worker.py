@@ -48,7 +48,7 @@ LOADER_ARGS: list[dict[str, Any]] = []
 
 
 def fake_load_vllm(
-    source: str, settings: Any, dtype: str, seed: int, distributed: bool, model: Any
+    source: str, settings: Any, dtype: str, seed: int, distributed: bool, model: Any, lora_rank: int = 0
 ) -> vllm_engine.LoadedVLLM:
     """``vllm_engine._load_vllm`` with vLLM replaced: the fake's model is read from ``source`` as
     vLLM would, then perturbed. (The fake stands in here for sleep level 2 under torchrun, which

@@ -1,13 +1,15 @@
 """One optimizer update on a fixed batch, in one process or under ``torchrun`` (tests/test_distributed.py).
 
-Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl] [flat] [checkpointing]`` (or under
+Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl] [flat] [checkpointing] [lora]`` (or under
 ``torchrun --nproc-per-node N``);
 ``kl`` adds a KL term against a reference model (sharded too under torchrun); ``flat`` turns the
 shared-prompt pass off (one pass over each whole sequence: the second method the tests compare with);
-``checkpointing`` turns gradient (activation) checkpointing on.
+``checkpointing`` turns gradient (activation) checkpointing on; ``lora`` trains LoRA adapters (r=4,
+B seeded nonzero) on the frozen model, with ``kl`` against the model with its adapters off.
 Every rank builds the same seeded random model and the same batch of 6 groups of 2 (3 per mini-batch
 with two mini-batches: unequal shares per rank, so padding passes), two with advantage 0, and
-runs ``Trainer.update``; rank 0 saves the gathered parameters and the update's metrics to OUT.pt.
+runs ``Trainer.update``; rank 0 saves the gathered parameters (LoRA: the adapters, and the merged
+weights) and the update's metrics to OUT.pt (LoRA: and the checkpoint's model files to OUT.model/).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import yaml
 
 from grpopp.learner.distributed import close_distributed, init_distributed
+from grpopp.learner.lora import LoraSettings, add_lora
 from grpopp.learner.policy import Policy, shard_model
 from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
 from grpopp.rollout.hf import HFEngine
@@ -28,10 +31,17 @@ from grpopp.training.config import load_train_config
 from grpopp.training.trainer import Trainer, make_reference
 
 
-def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool) -> None:
+def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool, lora: bool) -> None:
     info, device = init_distributed("cpu")
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    if lora:
+        add_lora(model, LoraSettings(r=4, alpha=8))
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     if checkpointing:  # as run.load_model does it, before the model is sharded
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     folder = Path(tempfile.mkdtemp())
@@ -55,7 +65,7 @@ def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool
         )
     )
     config = load_train_config(config_file)
-    reference = make_reference(model) if kl else None
+    reference = make_reference(model) if kl and not lora else None
     if reference is not None and info.enabled:
         shard_model(reference)
     policy = Policy(model, tokenizer, config.optim, 10, device, info)
@@ -85,13 +95,15 @@ def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool
     )
     advantages = torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -0.25, 0.25, 0.75, -0.75])
     metrics = trainer.update(tensors, advantages)
-    state = policy.full_model_state()
+    state = policy.gathered_state(merged=lora)
     if info.is_main:
-        torch.save({"state": state, "metrics": metrics, "world_size": info.world_size}, out)
+        torch.save({**state, "metrics": metrics, "world_size": info.world_size}, out)
+        if lora:  # a checkpoint's model files: the adapters, and the merged model in merged/
+            policy.save_pretrained(out.with_suffix(".model"), state, merged=True)
     trainer.log.close()
     close_distributed()
 
 
 if __name__ == "__main__":
     options = sys.argv[3:]
-    main(Path(sys.argv[1]), int(sys.argv[2]), "kl" in options, "flat" in options, "checkpointing" in options)
+    main(*(Path(sys.argv[1]), int(sys.argv[2])), *(name in options for name in ("kl", "flat", "checkpointing", "lora")))

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel
+from random_model import save_random_model
 from typer.testing import CliRunner
 
 from grpopp.cli.main import app
@@ -72,8 +73,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_model(tmp_path_factory.mktemp("random-model"))
+
+
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_model_dir: Path) -> Path:
     """The prepared files; the test runs inside this folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plugin").mkdir()
@@ -122,6 +128,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name, path in (("missing", "data/missing.jsonl"), ("broken", "data/broken.jsonl")):
         (tmp_path / f"gsm8k_{name}.yaml").write_text(f"envs:\n  - {{name: gsm8k, config: {{path: {path}}}}}\n")
     (tmp_path / "emptydir").mkdir()
+    shutil.copytree(random_model_dir, tmp_path / "model")
     (tmp_path / "notes.txt").write_text("not a model\n")
     (tmp_path / "prog.py").write_text("print('hi')\n")
     return tmp_path
@@ -262,6 +269,14 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "missing model folder, real run": (["train", "--model", "./no_model"], ("'./no_model'", "no such folder")),
     "folder that is no model": (["train", "--model", "emptydir", "--dry-run"], ("'emptydir'", "config.json")),
+    "LoRA on a layer the model lacks": (
+        ["train", "--model", "model", "--set", 'model.lora.target_modules=["qproj"]'],
+        ("model.lora.target_modules=['qproj']", "not found in the base model"),
+    ),
+    "LoRA adapters for vLLM without LoRA": (
+        ["train", "--set", "rollout.engine.type=vllm", "--set", "rollout.engine.lora_adapters=true", "--dry-run"],
+        ("rollout.engine.lora_adapters=true", "model.lora is not set"),
+    ),
     "--run-dir that is a file": (["train", "--run-dir", "notes.txt"], ("'notes.txt' is a file",)),
     "--run-dir of an earlier run": (["train", "--run-dir", "run"], ("run already holds a run", "--resume run")),
     "--resume of a non-run folder": (["train", "--resume", "emptydir"], ("--resume emptydir", "config.yaml")),

@@ -31,12 +31,16 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
-@pytest.mark.parametrize(("mini_batches", "extra"), [(1, []), (2, []), (2, ["kl"]), (1, ["checkpointing"])])
+@pytest.mark.parametrize(
+    ("mini_batches", "extra"), [(1, []), (2, []), (2, ["kl"]), (1, ["checkpointing"]), (2, ["kl", "lora"])]
+)
 def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, extra):
     """6 groups of 2, micro-batches of 2, two groups with advantage 0: the ranks get unequal shares
     (padding passes); with two mini-batches a second, off-policy step (pi_old from each rank's own
     rows) with AdamW momentum; with ``kl`` a sharded reference model and the KL term; with
-    ``checkpointing`` gradient checkpointing in the sharded layers (the one process without). The two
+    ``checkpointing`` gradient checkpointing in the sharded layers (the one process without); with
+    ``lora`` LoRA adapters on the frozen model, the KL reference being that model with adapters off,
+    and the gathered adapters and merged weights compared. The two
     processes share prompts in their passes (two forward passes, where every rank's completions
     are longer than one token), the one process runs the flat pass: a second method."""
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
@@ -44,12 +48,22 @@ def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, 
     run([*TORCHRUN, WORKER, str(double), str(mini_batches), *extra])
     one, two = torch.load(single, weights_only=False), torch.load(double, weights_only=False)
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert one["state"].keys() == two["state"].keys()
-    for key, value in one["state"].items():
-        torch.testing.assert_close(two["state"][key], value, rtol=0, atol=2e-5)
-    assert any(
-        not torch.equal(value, v) for value, v in zip(one["state"].values(), initial_state().values(), strict=True)
-    )
+    trained = "merged" if "lora" in extra else "model"  # the whole model's weights
+    for part in {"model", trained}:
+        assert one[part].keys() == two[part].keys()
+        for key, value in one[part].items():
+            torch.testing.assert_close(two[part][key], value, rtol=0, atol=2e-5)
+    initial = initial_state()
+    assert one[trained].keys() == initial.keys() - ({"lm_head.weight"} if "lora" in extra else set())
+    assert any(not torch.equal(value, initial[key]) for key, value in one[trained].items())
+    if "lora" in extra:  # only the adapters trained: A and B of 7 linear layers in each of 2 layers
+        assert len(one["model"]) == 2 * 7 * 2 and all(".lora_" in key for key in one["model"])
+        folder = double.with_suffix(".model")  # written by rank 0 of the sharded run
+        adapters = load_file(str(folder / "adapter_model.safetensors"))
+        assert len(adapters) == 2 * 7 * 2 and (folder / "adapter_config.json").is_file()
+        merged = load_file(str(folder / "merged" / "model.safetensors"))
+        assert merged.keys() == two["merged"].keys()
+        assert all(torch.equal(merged[key], value) for key, value in two["merged"].items())
     # Tokens trained on: 14 in the four groups with advantages (the two others skipped), 23 in all
     # twelve completions when the KL term needs every row.
     assert two["metrics"]["train_tokens"] == one["metrics"]["train_tokens"] == (23.0 if "kl" in extra else 14.0)

@@ -35,7 +35,7 @@ from grpopp.learner.policy import Policy
 from grpopp.objective.losses import LossOutput
 from grpopp.rollout.hf import HFEngine
 from grpopp.training import trainer as trainer_module
-from grpopp.training.batch import TrainTensors
+from grpopp.training.batch import TrainTensors, token_budget_micro_batches
 from grpopp.training.config import TrainConfig, load_train_config
 from grpopp.training.trainer import Trainer
 
@@ -404,13 +404,20 @@ def fixed_tensors() -> tuple[TrainTensors, torch.Tensor]:
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
 def test_micro_batch_size_changes_neither_the_update_nor_the_logged_loss(tmp_path, model_dir, aggregation):
+    """Fixed micro-batches of 8, 3 and 1 rows, token budgets of 12 and 1 padded positions (1: a pass
+    per row, sorted by length), and packed passes (padding-free, of 8 rows and by a budget of 12 real
+    tokens) give the same gradient and loss: the normaliser is the mini-batch's."""
     results = []
-    for micro in (8, 3, 1):
+    for micro in (8, 3, 1, "budget-12", "budget-1", "packed-8", "packed-budget-12"):
+        size = {"micro_batch_size": micro} if isinstance(micro, int) else {}
+        if isinstance(micro, str):
+            size = {"packing": micro.startswith("packed"), "micro_batch_size": 8}
+            size |= {"max_tokens_per_micro_batch": int(micro.split("-")[-1])} if "budget" in micro else {}
         config = config_for(
             tmp_path,
             model_dir,
             name=f"micro-{micro}-{aggregation}",
-            batch={"prompts_per_step": 4, "micro_batch_size": micro},
+            batch={"prompts_per_step": 4, **size},
             algorithm={"preset": "grpopp", "loss": {"aggregation": aggregation, "tis": "off"}},
             rollout={"completions_per_prompt": 2},
         )
@@ -433,20 +440,43 @@ def test_micro_batch_size_changes_neither_the_update_nor_the_logged_loss(tmp_pat
     assert any(g.abs().sum() > 0 for g in full_grads.values())
 
 
-@pytest.mark.parametrize(("micro", "expected"), [(8, 15 / 42), (1, 0.0)])
-def test_padding_fraction_is_the_share_of_padded_positions_in_the_passes(tmp_path, model_dir, micro, expected):
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ({"micro_batch_size": 8}, 15 / 42),
+        ({"micro_batch_size": 1}, 0.0),
+        ({"max_tokens_per_micro_batch": 12}, 5 / 32),
+        ({"micro_batch_size": 8, "packing": True}, 0.0),
+    ],
+)
+def test_padding_fraction_is_the_share_of_padded_positions_in_the_passes(tmp_path, model_dir, batch, expected):
     """fixed_tensors' trained rows 0-6 (prompt lengths 3 2 3 2 1 1 2, completion lengths 2 3 1 3 1 2 1),
-    by hand: one pass of [7, 3 + 3] holds 42 positions, 27 of them tokens; single rows never pad."""
+    by hand: one pass of [7, 3 + 3] holds 42 positions, 27 of them tokens; single rows never pad. A
+    budget of 12 positions: rows sorted by length 4 (2 tokens), 5, 6 (3), 2 (4), 0, 1, 3 (5) make passes
+    [4, 5, 6] of 3 x (2 + 2) = 12 positions with 8 tokens, [2, 0] of 2 x (3 + 2) = 10 with 9, [1, 3] of
+    2 x (2 + 3) = 10 with 10: 32 positions, 5 of them padding."""
     config = config_for(
         tmp_path,
         model_dir,
-        name=f"padding-{micro}",
-        batch={"prompts_per_step": 4, "micro_batch_size": micro},
+        name=f"padding-{len(str(batch))}-{expected:.3f}",
+        batch={"prompts_per_step": 4, **batch},
         algorithm={"preset": "grpopp", "loss": {"tis": "off"}},
         rollout={"completions_per_prompt": 2},
     )
-    trainer = build_trainer(config, tmp_path / f"padding-{micro}")
+    trainer = build_trainer(config, tmp_path / f"padding-{len(str(batch))}-{expected:.3f}")
     assert trainer.update(*fixed_tensors())["padding_fraction"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_token_budget_micro_batches_by_hand():
+    """Sorted by length (ties in order), each pass within rows x (longest prompt + longest completion):
+    lengths 9, 3, 3, 30 (over the budget of 10: alone), 4 -> [1, 2] (2 x (2 + 2) = 8; adding 4 gives
+    3 x 4 = 12), [4] (4; adding 0 gives 2 x 9 = 18), [0] (9), [3] (30)."""
+    lengths = [(4, 5), (1, 2), (2, 1), (10, 20), (2, 2)]
+    assert token_budget_micro_batches(lengths, 10) == [[1, 2], [4], [0], [3]]
+    assert token_budget_micro_batches(lengths, 1000) == [[1, 2, 4, 0, 3]]
+    assert token_budget_micro_batches([], 10) == []
+    # Packed passes cost the sum of their rows' lengths: 3 + 3 + 4 = 10 fits, then 9, then 30 alone.
+    assert token_budget_micro_batches(lengths, 10, packed=True) == [[1, 2, 4], [0], [3]]
 
 
 def test_tis_with_filtered_sampling_is_refused(tmp_path, model_dir):

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from grpopp.config_tools import TINY_MODELS, ConfigError, validate_config
 from grpopp.envs.mixture import Mixture
 from grpopp.learner import checkpoint as ckpt
+from grpopp.learner import lora
 from grpopp.learner.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
 from grpopp.learner.policy import Policy, shard_model
 from grpopp.progress import StepDisplay, quiet_transformers_bars
@@ -83,27 +84,49 @@ def model_source(config: ModelConfig, path: str | None = None, console: Console 
 
 
 def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The policy model and its tokenizer, from ``model_source(config, path)``."""
+    """The policy model and its tokenizer, from ``model_source(config, path)``.
+
+    A folder of LoRA adapters (a LoRA run's checkpoint, ``grpopp.learner.lora``) is loaded onto its
+    base model (``config.name_or_path``'s model for a LoRA run, else the base the folder names), and
+    trains on when ``config.lora`` is set; with ``config.lora`` and a whole model, fresh adapters are
+    added to it."""
     source = model_source(config, path)
+    adapters = lora.is_adapter_folder(source)
+    base = source
+    if adapters:
+        base = model_source(config) if config.lora is not None else lora.base_model_of(source)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     kernel = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
     with quiet_transformers_bars():  # its "Loading weights" bar would interleave with grpopp's lines
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code, **kernel
+            base, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code, **kernel
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if adapters:
+        lora.load_lora(model, source, trainable=config.lora is not None)
+    elif config.lora is not None:
+        lora.add_lora(model, config.lora)
     if config.gradient_checkpointing:
         # transformers 5 renamed it activation checkpointing; older releases only have the old name.
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        if lora.has_lora(model):  # frozen embeddings: the checkpointed blocks' inputs must carry a gradient
+            model.enable_input_require_grads()
     _disable_dropout(model)
     return model, tokenizer
 
 
+def engine_source(source: str) -> str:
+    """The whole model an engine that reads weights from disk (vLLM) starts from: for a folder of
+    adapters, its base model (the engine then gets the merged weights from the policy)."""
+    return lora.base_model_of(source) if lora.is_adapter_folder(source) else source
+
+
 def _disable_dropout(model: torch.nn.Module) -> None:
-    """RL needs pi_old = pi on the first pass: dropout would make the ratio noisy (TRL does the same)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+    """RL needs pi_old = pi on the first pass: dropout would make the ratio noisy (TRL does the same).
+    LoRA's own dropout is left as ``model.lora.dropout`` sets it."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and ".lora_dropout." not in name:
             module.p = 0.0
 
 
@@ -118,7 +141,10 @@ def make_engine(
     Under torchrun (``dist_info``) each rank builds its own engine, all at the same time."""
     # The learner's compute dtype: FSDP's when set, else the model's.
     dtype = (config.model.fsdp_param_dtype if dist_info.enabled else None) or config.model.dtype
-    context = EngineContext(model, tokenizer, source, dtype, config.seed + dist_info.rank, dist_info.enabled)
+    handoff = lora.handoff(model) if lora.has_lora(model) else None  # vLLM runs the merged model or the adapters
+    context = EngineContext(
+        model, tokenizer, engine_source(source), dtype, config.seed + dist_info.rank, dist_info.enabled, handoff
+    )
     return config.rollout.engine.build(context)
 
 
@@ -178,7 +204,7 @@ def train(
     model, tokenizer = load_model(config.model, source)
     mixed = DTYPES[config.model.fsdp_param_dtype] if config.model.fsdp_param_dtype else None  # FSDP only
     reference = None
-    if config.derived().reference_model:
+    if config.derived().reference_model and config.model.lora is None:  # LoRA: the policy's base model
         initial, _ = load_model(config.model) if checkpoint else (model, tokenizer)
         reference = make_reference(initial)
         torch.nn.Module.to(reference, device)
@@ -351,6 +377,10 @@ def _print_summary(
     rows: list[tuple[str, Any]] = [
         ("run dir", run_dir),
         ("model", config.model.name_or_path),
+        (
+            "training",
+            "full" if (adapters := config.model.lora) is None else f"LoRA r={adapters.r} alpha={adapters.alpha}",
+        ),
         ("device", device),
         ("processes", f"{world_size} (FSDP2)" if world_size > 1 else "1"),
         ("algorithm", config.algorithm.name),

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
 
@@ -116,3 +117,10 @@ def gather_shares(info: DistInfo, share: list[T]) -> list[T]:
     shares = gather_objects(info, share)  # shares[q][j] is item q + j * world
     total = sum(len(s) for s in shares)
     return [shares[i % info.world_size][i // info.world_size] for i in range(total)]
+
+
+def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` detached and whole: an FSDP2 shard (``DTensor``) is gathered (a collective: every rank
+    must call it, in the same order)."""
+    whole = tensor.detach()
+    return whole.full_tensor() if isinstance(whole, DTensor) else whole

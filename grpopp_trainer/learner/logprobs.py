@@ -6,8 +6,13 @@ entropy, its exponential. With Qwen2.5's 151,936-token vocabulary a batch of 64 
 each of them 20 GB in float32. ``selected_logprobs`` computes the same values a chunk of positions
 at a time, and its backward pass recomputes each chunk's softmax instead of keeping it, so beyond
 the logits themselves (in the model's dtype) and their gradient it holds one chunk in float32.
-(TRL's ``selective_log_softmax`` avoids the log-softmax copy only; Liger's fused linear cross-entropy
-goes further and never forms the logits, which needs the model's last layer inside the kernel.)
+(TRL's ``selective_log_softmax`` avoids the log-softmax copy only.)
+
+``linear_selected_logprobs`` goes further, as Liger's fused linear cross-entropy does: it takes the
+model's final hidden states [N, H] and its output layer W [V, H] and forms the logits one chunk of
+positions at a time, in the forward pass and again in the backward pass, so no [N, V] tensor (nor its
+gradient) exists beyond one chunk. Its backward pass gives dL/dh = g W and dL/dW = g^T h per chunk,
+with g = (onehot(y) - p) / tau x upstream, the logits' gradient of the plain computation.
 
 For one position with logits z, temperature tau, chosen token y and p = softmax(z / tau):
 
@@ -31,11 +36,16 @@ def chunk_rows(vocab: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(vocab, 1))
 
 
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float32, or float64 for float64 logits (never below float32)."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
 def _chunk_values(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log p of ``targets``, entropy or None) for a chunk: logits [N, V], targets [N]."""
-    scaled = logits.to(torch.float32, copy=True).div_(temperature)  # [N, V]: one float32 copy, scaled in place
+    scaled = logits.to(compute_dtype(logits), copy=True).div_(temperature)  # [N, V]: one copy, scaled in place
     normaliser = torch.logsumexp(scaled, dim=-1)  # [N]
     chosen = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser  # [N]
     entropy = None
@@ -51,7 +61,7 @@ class _SelectedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float, chunk: int) -> torch.Tensor:
         flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # [N, V], [N]
-        out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # [N]
+        out = torch.empty(flat.shape[0], dtype=compute_dtype(logits), device=logits.device)  # [N]
         for start in range(0, flat.shape[0], chunk):
             out[start : start + chunk], _ = _chunk_values(
                 flat[start : start + chunk], flat_targets[start : start + chunk], temperature, False
@@ -65,11 +75,11 @@ class _SelectedLogprobs(torch.autograd.Function):
         logits, targets = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk
         flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # [N, V], [N]
-        flat_grad = grad_out.reshape(-1).float()  # [N]
+        flat_grad = grad_out.reshape(-1).to(compute_dtype(logits))  # [N]
         grad = torch.empty_like(flat)  # [N, V] in the logits' dtype
         for start in range(0, flat.shape[0], chunk):
             part = slice(start, start + chunk)
-            probs = flat[part].to(torch.float32, copy=True).div_(temperature)  # [n, V]; in place: softmax,
+            probs = flat[part].to(compute_dtype(logits), copy=True).div_(temperature)  # [n, V]; in place: softmax,
             probs.sub_(torch.logsumexp(probs, dim=-1, keepdim=True)).exp_().neg_()  # then onehot(y) - p
             ones = torch.ones_like(flat_targets[part], dtype=probs.dtype).unsqueeze(-1)  # [n, 1]
             probs.scatter_add_(-1, flat_targets[part].unsqueeze(-1), ones)
@@ -85,9 +95,9 @@ def selected_logprobs(
     chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs [B, T] of ``targets`` [B, T] under softmax(``logits`` [B, T, V] / temperature), in
-    float32 and differentiable; the entropy [B, T], detached, when ``with_entropy``). Equal to the
-    plain computation (module docstring) up to float rounding, gradient included. ``chunk``:
-    positions per chunk (default ``chunk_rows(V)``)."""
+    float32 (float64 for float64 logits) and differentiable; the entropy [B, T], detached, when
+    ``with_entropy``). Equal to the plain computation (module docstring) up to float rounding, gradient
+    included. ``chunk``: positions per chunk (default ``chunk_rows(V)``)."""
     chunk = chunk or chunk_rows(logits.shape[-1])
     logprobs: torch.Tensor = _SelectedLogprobs.apply(logits, targets, temperature, chunk)  # type: ignore[no-untyped-call]
     entropy = None
@@ -100,3 +110,74 @@ def selected_logprobs(
             ]
             entropy = torch.cat([p for p in parts if p is not None]).reshape(targets.shape)
     return logprobs, entropy
+
+
+class _LinearSelectedLogprobs(torch.autograd.Function):
+    """log p(targets) and the entropy from hidden states and the output layer, a chunk of positions at a
+    time; the logits exist one chunk at a time, in the forward pass and again in the backward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        chunk: int,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = compute_dtype(weight)
+        logprobs = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)  # [N]
+        entropy = torch.empty(hidden.shape[0] if with_entropy else 0, dtype=dtype, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            part = slice(start, start + chunk)
+            logits = torch.nn.functional.linear(hidden[part], weight)  # [n, V] in the model's dtype, as lm_head
+            logprobs[part], chunk_entropy = _chunk_values(logits, targets[part], temperature, with_entropy)
+            if chunk_entropy is not None:
+                entropy[part] = chunk_entropy
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: torch.Tensor, _grad_entropy: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None]:
+        hidden, weight, targets = ctx.saved_tensors
+        temperature, chunk = ctx.temperature, ctx.chunk
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
+        grad_weight = torch.zeros_like(weight, dtype=compute_dtype(weight)) if need_weight else None  # [V, H]
+        upstream = grad_out.to(compute_dtype(weight))  # [N]
+        for start in range(0, hidden.shape[0], chunk):
+            part = slice(start, start + chunk)
+            probs = torch.nn.functional.linear(hidden[part], weight).to(compute_dtype(weight)).div_(temperature)
+            probs.sub_(torch.logsumexp(probs, dim=-1, keepdim=True)).exp_().neg_()  # [n, V]: -p, then onehot - p
+            ones = torch.ones_like(targets[part], dtype=probs.dtype).unsqueeze(-1)
+            probs.scatter_add_(-1, targets[part].unsqueeze(-1), ones)
+            grad_logits = probs.mul_((upstream[part] / temperature).unsqueeze(-1)).to(weight.dtype)  # [n, V]
+            if grad_hidden is not None:
+                grad_hidden[part] = grad_logits @ weight  # [n, H]
+            if grad_weight is not None:
+                grad_weight += (grad_logits.t() @ hidden[part]).to(grad_weight.dtype)  # [V, H]
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
+
+
+def linear_selected_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``selected_logprobs`` of the logits ``hidden`` [B, T, H] @ ``weight`` [V, H]^T (a bias-free output
+    layer), without forming them beyond one chunk of positions (module docstring). Log-probs [B, T]
+    differentiable in ``hidden`` and ``weight``; entropy [B, T] (detached) when ``with_entropy``."""
+    chunk = chunk or chunk_rows(weight.shape[0])
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    logprobs, entropy = _LinearSelectedLogprobs.apply(  # type: ignore[no-untyped-call]
+        flat_hidden, weight, flat_targets, temperature, chunk, with_entropy
+    )
+    return logprobs.reshape(targets.shape), entropy.reshape(targets.shape) if with_entropy else None

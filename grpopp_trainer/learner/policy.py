@@ -37,8 +37,9 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpopp.learner.distributed import SINGLE, DistInfo
-from grpopp.learner.logprobs import selected_logprobs
+from grpopp.learner import lora
+from grpopp.learner.distributed import SINGLE, DistInfo, whole_tensor
+from grpopp.learner.logprobs import linear_selected_logprobs, selected_logprobs
 from grpopp.learner.optim import OptimConfig
 from grpopp.rollout.base import distinct_rows
 from grpopp.rollout.hf import cache_keyword, returned_cache
@@ -93,6 +94,12 @@ def make_token_batch(
     )
 
 
+FUSED_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe"})
+"""Architectures whose logits are exactly their output layer applied to the decoder's last hidden
+state (no soft-capping, scaling or bias): their log-probs are computed from the hidden states with
+the output layer fused in (``linear_selected_logprobs``)."""
+
+
 def completion_logprobs(
     model: PreTrainedModel,
     batch: TokenBatch,
@@ -100,23 +107,53 @@ def completion_logprobs(
     with_entropy: bool = False,
     share_prompts: bool = True,
     force_shared: bool = False,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of the completion tokens under ``model`` at ``temperature`` (the sampler's
     scaling, so TIS compares like with like), and optionally the entropy [B, T] (detached).
+
+    ``packed``: one pass over the rows' real tokens laid end to end, without padding
+    (``_packed_features``); it overrides ``share_prompts``.
 
     ``share_prompts``: one pass per distinct prompt (see the module docstring) when prompts repeat;
     the flat pass otherwise, and under gradient checkpointing (which turns the KV cache off).
     ``force_shared``: the shared path also when no prompt repeats (under FSDP every rank must run as
     many forward passes as the others).
+
+    Memory: for the architectures of ``FUSED_HEAD_MODELS`` (``output_layer``) the logits never exist
+    beyond a chunk of positions: the decoder's hidden states [B, T, H] go through the output layer a
+    chunk at a time (``linear_selected_logprobs``); for others the logits [B, T, V] are formed in the
+    model's dtype and reduced a chunk at a time (``selected_logprobs``), with no float32 copy.
     """
+    head = output_layer(model)
     shared = share_prompts and (force_shared or len(batch.first_rows) < len(batch.prompt_index))
-    if shared and not (model.training and _checkpointing(model)):
-        logits = _shared_prompt_logits(model, batch)
+    if packed:
+        features = _packed_features(model, batch, hidden=head is not None)
+    elif shared and not (model.training and _checkpointing(model)):
+        features = _shared_prompt_features(model, batch, hidden=head is not None)
     else:
-        logits = _flat_logits(model, batch)
+        features = _flat_features(model, batch, hidden=head is not None)
     targets = batch.input_ids[:, batch.prompt_length :]  # [B, T]
-    # Chunked over positions, with no float32 copy of the whole [B, T, V] (``grpopp.learner.logprobs``).
-    return selected_logprobs(logits, targets, temperature, with_entropy)
+    if head is not None:
+        return linear_selected_logprobs(features, head, targets, temperature, with_entropy)
+    return selected_logprobs(features, targets, temperature, with_entropy)
+
+
+def output_layer(model: PreTrainedModel) -> torch.Tensor | None:
+    """The output layer's weight [V, H] when the log-probs can be computed from the hidden states
+    (a transformers model of ``FUSED_HEAD_MODELS`` with a bias-free linear head, not sharded by FSDP:
+    the sharded root's parameters are gathered only by its own forward pass), else None."""
+    if not isinstance(model, PreTrainedModel):  # e.g. a peft wrapper: its base_model is not the decoder
+        return None
+    head = model.get_output_embeddings()
+    if (
+        getattr(model.config, "model_type", None) not in FUSED_HEAD_MODELS
+        or isinstance(model, FSDPModule)
+        or type(head) is not torch.nn.Linear
+        or head.bias is not None
+    ):
+        return None
+    return head.weight
 
 
 def _checkpointing(model: PreTrainedModel) -> bool:
@@ -127,50 +164,98 @@ def _checkpointing(model: PreTrainedModel) -> bool:
     return bool(getattr(model, name, False))
 
 
-def _flat_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
-    """Logits [B, T, V] that predict the completion tokens, from one pass over [B, P + T]."""
+def _pass(model: PreTrainedModel, hidden: bool, keep: int | torch.Tensor, **inputs: Any) -> tuple[torch.Tensor, Any]:
+    """One forward pass: (its logits [B, keep, V] (the last ``keep`` positions, or those a tensor
+    lists), output), or with ``hidden`` (the decoder's last hidden states [B, L, H] (after the final
+    norm), output) from the decoder alone."""
+    if hidden:
+        output = model.base_model(**inputs)
+        return output.last_hidden_state, output
+    output = model(**inputs, logits_to_keep=keep)
+    return output.logits, output
+
+
+def _flat_features(model: PreTrainedModel, batch: TokenBatch, hidden: bool) -> torch.Tensor:
+    """Logits [B, T, V] that predict the completion tokens (or the hidden states [B, T, H] they come
+    from), from one pass over [B, P + T]."""
     position_ids = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, P + T]
     length = batch.completion_length
-    output = model(
+    features, _ = _pass(  # keep columns P-1 .. P+T-1; the last one predicts past the end
+        model,
+        hidden,
+        length + 1,
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=position_ids,
         use_cache=False,
-        logits_to_keep=length + 1,  # columns P-1 .. P+T-1; the last one predicts past the end
     )
     # Slice explicitly: a model that ignores logits_to_keep returns all P + T columns, and gather would
     # then silently read prompt positions.
-    logits: torch.Tensor = output.logits[:, -(length + 1) : -1, :]  # [B, T, V]
-    return logits
+    return features[:, -(length + 1) : -1, :]  # [B, T, V or H]
 
 
-def _shared_prompt_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
-    """Logits [B, T, V] as ``_flat_logits``, with one prompt pass [U, P] per distinct prompt."""
+def _packed_features(model: PreTrainedModel, batch: TokenBatch, hidden: bool) -> torch.Tensor:
+    """``_flat_features`` from one pass over [1, N]: the real tokens of every row laid end to end (N =
+    all of them, no padding), position ids restarting at 0 with each row and no attention mask.
+    transformers then keeps attention within each row (``masking_utils.find_packed_sequence_indices``:
+    a varlen kernel for flash-attention, a block-diagonal causal mask for the others). The features
+    predicting each row's completion tokens are gathered back into the [B, T] layout; the padded
+    positions there repeat a real one and are masked out by ``completion_mask``."""
+    real = batch.attention_mask.bool()  # [B, P + T]
+    lengths = real.sum(dim=1)  # [B]
+    starts = torch.cumsum(lengths, dim=0) - lengths  # [B]: where each row begins in the packed row
+    prompt_lengths = real[:, : batch.prompt_length].sum(dim=1)  # [B]
+    positions = torch.cat([torch.arange(int(n), device=lengths.device) for n in lengths])  # [N]
+    steps = torch.arange(batch.completion_length, device=lengths.device)  # [T]
+    completion_lengths = lengths - prompt_lengths  # [B]
+    last = (starts + lengths - 2).clamp(min=0).unsqueeze(1)  # [B, 1]: the position predicting a row's last token
+    index = torch.minimum((starts + prompt_lengths - 1).unsqueeze(1) + steps, last)  # [B, T]
+    index = torch.where(steps < completion_lengths.unsqueeze(1), index, last)
+    needed, inverse = torch.unique(index, return_inverse=True)  # the logits pass keeps these positions only
+    features, _ = _pass(
+        model,
+        hidden,
+        needed,
+        input_ids=batch.input_ids[real].unsqueeze(0),  # [1, N]: row-major, so each row's tokens in order
+        attention_mask=None,
+        position_ids=positions.unsqueeze(0),
+        use_cache=False,
+    )
+    return features[0, index if hidden else inverse]  # [B, T, V or H]
+
+
+def _shared_prompt_features(model: PreTrainedModel, batch: TokenBatch, hidden: bool) -> torch.Tensor:
+    """``_flat_features``, with one prompt pass [U, P] per distinct prompt."""
     prompt_length, length = batch.prompt_length, batch.completion_length
     position_ids = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, P + T]
     first = batch.first_rows  # [U]
-    prompt_pass = model(
+    prompt_features, prompt_pass = _pass(
+        model,
+        hidden,
+        1,
         input_ids=batch.input_ids[first, :prompt_length],  # [U, P]
         attention_mask=batch.attention_mask[first, :prompt_length],
         position_ids=position_ids[first, :prompt_length],
         use_cache=True,
-        logits_to_keep=1,
     )
-    first_token_logits: torch.Tensor = prompt_pass.logits[:, -1:, :][batch.prompt_index]  # [B, 1, V] predict token 0
+    first_token = prompt_features[:, -1:, :][batch.prompt_index]  # [B, 1, V or H]: predict token 0
     if length == 1:
-        return first_token_logits
+        return first_token
     cache = returned_cache(prompt_pass)
     cache.reorder_cache(batch.prompt_index)  # [U, H, P, D] -> [B, H, P, D] per layer, differentiable
     end = prompt_length + length - 1  # the last completion token predicts nothing
-    completion_pass = model(
+    completion_features, _ = _pass(
+        model,
+        hidden,
+        length - 1,
         input_ids=batch.input_ids[:, prompt_length:end],  # [B, T - 1]
         attention_mask=batch.attention_mask[:, :end],  # [B, P + T - 1]: past and new columns
         position_ids=position_ids[:, prompt_length:end],
         use_cache=True,
         **{cache_keyword(model): cache},
     )
-    rest: torch.Tensor = completion_pass.logits[:, -(length - 1) :, :]  # [B, T - 1, V] predict tokens 1..T-1
-    return torch.cat([first_token_logits, rest], dim=1)  # [B, T, V]
+    rest = completion_features[:, -(length - 1) :, :]  # [B, T - 1, V or H]: predict tokens 1..T-1
+    return torch.cat([first_token, rest], dim=1)  # [B, T, V or H]
 
 
 class Policy:
@@ -265,27 +350,48 @@ class Policy:
         options = StateDictOptions(full_state_dict=self.dist.enabled)
         set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optimizer"], options=options)
 
-    def full_model_state(self) -> dict[str, torch.Tensor]:
-        """The whole model's parameters on the CPU (gathered from the shards; a collective)."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(self.model, options=options)
-        return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
+    def gathered_state(self, merged: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """What ``save_pretrained`` writes, gathered from the shards onto the CPU (a collective: every
+        rank calls it). "model": the whole model's parameters, or a LoRA policy's adapters alone;
+        "merged" (LoRA, with ``merged``): the merged model's weights."""
+        if not lora.has_lora(self.model):
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_model_state_dict(self.model, options=options)
+            return {"model": {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}}
+        gathered = {
+            "model": {name: whole_tensor(p).cpu() for name, p in self.model.named_parameters() if p.requires_grad}
+        }
+        if merged:
+            gathered["merged"] = {name: tensor.cpu() for name, tensor in lora.merged_weights(self.model)}
+        return gathered
 
-    def save_pretrained(self, path: Path, full_state: dict[str, torch.Tensor] | None = None) -> None:
-        """Hugging Face format, loadable by a single process. Sharded: pass ``full_model_state()``
-        (gathered by every rank); only the caller writes."""
-        if not self.dist.enabled:
-            self.model.save_pretrained(path)
+    def save_pretrained(
+        self, path: Path, gathered: dict[str, dict[str, torch.Tensor]] | None = None, merged: bool = False
+    ) -> None:
+        """Hugging Face format, loadable by a single process: the whole model, or a LoRA policy's
+        adapters in peft's format, with ``merged`` also the merged model in ``path/merged``. Sharded:
+        pass ``gathered_state(merged)`` (gathered by every rank); only the caller writes."""
+        if self.dist.enabled and gathered is None:
+            raise ValueError("a sharded policy saves the gathered gathered_state(); pass it")
+        state = gathered or {}
+        if lora.has_lora(self.model):
+            lora.save_adapters(self.model, path, state.get("model"))
+            if merged:
+                whole = state.get("merged") or {name: t.cpu() for name, t in lora.merged_weights(self.model)}
+                self._save_whole(path / lora.MERGED_FOLDER, whole)
+                self.tokenizer.save_pretrained(path / lora.MERGED_FOLDER)
         else:
-            if full_state is None:
-                raise ValueError("a sharded policy saves the gathered full_model_state(); pass it")
-            plain = _unwrapped_class(self.model)
-            self.model.save_pretrained(path, state_dict=full_state)
-            config_file = path / "config.json"  # FSDP renamed the class ("FSDP" + name): restore it
-            config = json.loads(config_file.read_text())
-            config["architectures"] = [plain.__name__]
-            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            self._save_whole(path, state.get("model"))
         self.tokenizer.save_pretrained(path)
+
+    def _save_whole(self, path: Path, state: dict[str, torch.Tensor] | None) -> None:
+        """The whole model (``state``: its weights, when not the model's own) with its config."""
+        self.model.save_pretrained(path, state_dict=state)
+        if self.dist.enabled:  # FSDP renamed the class ("FSDP" + name): restore it
+            config_file = path / "config.json"
+            config = json.loads(config_file.read_text())
+            config["architectures"] = [_unwrapped_class(self.model).__name__]
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @contextmanager
     def full_parameters(self) -> Iterator[None]:

@@ -12,8 +12,9 @@ the gap between the sampler and the learner.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from grpopp.envs.base import Message
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Prompt: TypeAlias = "str | list[Message]"
@@ -141,6 +143,20 @@ class RolloutEngine(Protocol):
 
 
 @dataclass(frozen=True)
+class PolicyHandoff:
+    """How an engine that holds its own copy of the model (vLLM) gets the policy's weights, when they
+    are not simply the model's parameters: a LoRA policy (``grpopp.learner.lora.handoff``)."""
+
+    weights: Callable[[torch.dtype | None], Iterator[tuple[str, torch.Tensor]]]
+    """(name, whole tensor) of the model to run, cast to the dtype (the merged weights of a LoRA
+    policy, under the base model's names); under torchrun a collective."""
+    adapter_rank: int
+    """The rank of the policy's LoRA adapters."""
+    save_adapters: Callable[[Path], None]
+    """Write the adapters alone to a folder in peft's format; under torchrun a collective."""
+
+
+@dataclass(frozen=True)
 class EngineContext:
     """What an engine config builds its engine over (``EngineConfig.build``)."""
 
@@ -155,6 +171,8 @@ class EngineContext:
     """This process's sampling seed (offset by the rank under torchrun)."""
     distributed: bool = False
     """Under torchrun: every rank builds its engine at the same time."""
+    handoff: PolicyHandoff | None = None
+    """A LoRA policy's weights and adapters for an engine with its own copy; None: the model's parameters."""
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:

@@ -42,7 +42,14 @@ Design (as TRL's "colocate" mode and verl's hybrid engine, arXiv 2409.19256):
    buckets of ``weight_sync_bucket_mb``, never the whole model at once. Every rank calls
    ``generate`` as often as the others, also with no prompts, so a pending weight load (after
    sleep level 2) is a collective every rank joins; the probe's learner pass is one too.
-8. ``close`` shuts vLLM's engine down, then its model-parallel groups; the process group it
+8. A LoRA policy (``model.lora``) reaches vLLM as merged weights (3.: W + scaling B A for each adapted
+   layer, ``lora.merged_weights``), or with ``lora_adapters`` as its adapters alone, through vLLM's
+   LoRA support (``enable_lora``; the CPU build has it too): vLLM keeps the base weights it loaded
+   from the base model and each sync writes the adapters (megabytes, not the model) to a private
+   folder and reloads them in place (``LLMEngine.add_lora`` with ``load_inplace``; the prefix cache,
+   keyed by the adapter's name and path rather than its weights, is cleared as after every sync).
+   Sleep level 2 would drop the base weights, so adapters run at level 1 at most.
+9. ``close`` shuts vLLM's engine down, then its model-parallel groups; the process group it
    created itself in a single process goes with it, while under torchrun the group is grpopp's
    (``grpopp.learner.distributed.close_distributed``).
 
@@ -52,17 +59,28 @@ Shapes: none cross this boundary as tensors except the parameters themselves.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from grpopp.rollout.base import Completion, EngineContext, FinishReason, Prompt, SamplingParams, encode_prompt
+from grpopp.rollout.base import (
+    Completion,
+    EngineContext,
+    FinishReason,
+    PolicyHandoff,
+    Prompt,
+    SamplingParams,
+    encode_prompt,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -111,6 +129,20 @@ class VLLMEngineConfig(BaseModel):
     """Largest mean absolute log-prob gap the probe accepts. None: 1e-3 when vLLM computes in
     float32, 0.1 in bfloat16/float16 (rounding alone gives gaps of order 1e-2 there)."""
 
+    lora_adapters: bool = False
+    """With ``model.lora``: hand vLLM the adapters alone after each step, through vLLM's LoRA support,
+    instead of the merged weights (a sync moves megabytes, but vLLM's LoRA kernels decode more
+    slowly than the merged model). Needs ``sleep_level`` 0 or 1 (None means 1 on a GPU then)."""
+
+    @model_validator(mode="after")
+    def _check_lora_sleep(self) -> VLLMEngineConfig:
+        if self.lora_adapters and self.sleep_level == 2:
+            raise ValueError(
+                "lora_adapters=true with sleep_level=2: level 2 drops the base weights, which vLLM keeps while only "
+                "the adapters are synced; set sleep_level to 0 or 1, or lora_adapters=false (merged weights)"
+            )
+        return self
+
     def build(self, context: EngineContext) -> VLLMEngine:
         return VLLMEngine(
             context.model,
@@ -120,13 +152,16 @@ class VLLMEngineConfig(BaseModel):
             dtype=context.dtype,
             seed=context.seed,
             distributed=context.distributed,
+            handoff=context.handoff,
         )
 
 
 class _LLM(Protocol):
     """The part of ``vllm.LLM`` this engine uses."""
 
-    def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]: ...
+    def generate(
+        self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True, lora_request: Any = None
+    ) -> list[Any]: ...
     def apply_model(self, func: Any) -> list[Any]: ...
     def collective_rpc(self, method: Any, timeout: float | None = None, args: tuple[Any, ...] = ()) -> list[Any]: ...
     def sleep(self, level: int = 1) -> None: ...
@@ -266,10 +301,11 @@ def refresh_tied_modules(model: torch.nn.Module) -> list[str]:
 
 
 def resolved_sleep_level(settings: VLLMEngineConfig, on_cpu: bool) -> int:
-    """The sleep level: the setting, or 2 on a GPU and 0 on vLLM's CPU platform, which has no sleep mode (6.)."""
+    """The sleep level: the setting, or 2 on a GPU (1 with ``lora_adapters``, 8.) and 0 on vLLM's CPU
+    platform, which has no sleep mode (6.)."""
     if settings.sleep_level is not None:
         return settings.sleep_level
-    return 0 if on_cpu else 2
+    return 0 if on_cpu else 1 if settings.lora_adapters else 2
 
 
 def probe_tolerance(settings: VLLMEngineConfig, dtype: torch.dtype) -> float:
@@ -322,6 +358,7 @@ class VLLMEngine:
         distributed: bool = False,
         llm: _LLM | None = None,
         make_sampling_params: Callable[..., Any] | None = None,
+        handoff: PolicyHandoff | None = None,
     ) -> None:
         """``model`` is the trainer's policy (its weights are loaded into vLLM at once and after each
         step); ``source`` the checkpoint folder or hub id vLLM builds its copy of the model from;
@@ -329,14 +366,20 @@ class VLLMEngine:
         ``distributed``: under torchrun (one engine per rank, see 7. above; every rank must build
         its engine at the same time). ``llm`` and ``make_sampling_params`` stand in for
         ``vllm.LLM`` and ``vllm.SamplingParams`` in tests that isolate the adapter from vLLM
-        (the engine then acts as on a GPU: sleep level 2 unless set)."""
+        (the engine then acts as on a GPU: sleep level 2 unless set). ``handoff``: a LoRA policy's
+        merged weights and adapters (``grpopp.learner.lora.handoff``; 8.)."""
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self.dtype = getattr(torch, dtype)
         self.distributed = distributed
+        self.handoff = handoff
+        self.adapter_rank = adapter_rank(handoff, settings)
+        self.adapter_folder = Path(tempfile.mkdtemp(prefix="grpopp-vllm-lora-")) if self.adapter_rank else None
+        self.lora_request: Any = None
+        """What vLLM generates with in adapter mode (8.): the policy's current adapters; None otherwise."""
         if llm is None or make_sampling_params is None:
-            loaded = _load_vllm(source, settings, dtype, seed, distributed, model)
+            loaded = _load_vllm(source, settings, dtype, seed, distributed, model, self.adapter_rank)
         else:
             loaded = LoadedVLLM(llm, make_sampling_params)
         self.llm: _LLM = loaded.llm
@@ -361,13 +404,35 @@ class VLLMEngine:
         if not self.weights_on_gpu:
             self.llm.wake_up(tags=["weights"])  # the KV cache stays freed until the next generate
             self.weights_on_gpu = True
-        buckets = weight_buckets(policy_weights(self.model, self.dtype), self.settings.weight_sync_bucket_mb * 2**20)
-        (self.refreshed,) = self.llm.collective_rpc(reload_weights_in_place, args=(buckets,))
+        if self.adapter_folder is not None:
+            self.lora_request = self._load_adapters(self.adapter_folder)
+        else:
+            handoff = self.handoff
+            weights = policy_weights(self.model, self.dtype) if handoff is None else handoff.weights(self.dtype)
+            buckets = weight_buckets(weights, self.settings.weight_sync_bucket_mb * 2**20)
+            (self.refreshed,) = self.llm.collective_rpc(reload_weights_in_place, args=(buckets,))
         if self.kv_cache_on_gpu:
             self.llm.reset_prefix_cache()
         self.weights_current = True
         if self.settings.integrity_probe:
             self.check_integrity()
+
+    def _load_adapters(self, folder: Path) -> Any:
+        """8.: write the policy's adapters to ``folder`` and reload them into vLLM in place; returns the
+        request generation then uses (same name, id and path each step; the prefix cache is cleared
+        by the caller). Under torchrun every rank gathers the adapters (a collective) and writes its own
+        folder."""
+        from vllm.lora.request import LoRARequest
+
+        assert self.handoff is not None
+        self.handoff.save_adapters(folder)
+        self.llm.llm_engine.add_lora(LoRARequest("policy", 1, str(folder), load_inplace=True))  # type: ignore[attr-defined]
+        return LoRARequest("policy", 1, str(folder))
+
+    def _generate(self, requests: Sequence[Mapping[str, Any]], sampling: Sequence[Any]) -> list[Any]:
+        """``llm.generate``, with the policy's adapters in adapter mode."""
+        adapters = {} if self.lora_request is None else {"lora_request": self.lora_request}
+        return self.llm.generate(list(requests), list(sampling), use_tqdm=False, **adapters)
 
     def check_integrity(self) -> dict[str, float]:
         """Score ``PROBE_TEXTS`` with vLLM and with the learner; raise ``WeightSyncError`` when the
@@ -380,7 +445,10 @@ class VLLMEngine:
             self.llm.reset_prefix_cache()
         sampling = self.make_sampling_params(max_tokens=1, temperature=1.0, prompt_logprobs=0, seed=0)
         requests = [{"prompt_token_ids": ids} for ids in self.probe_sequences]
-        outputs = self.llm.generate(requests, [sampling] * len(requests), use_tqdm=False)
+        if self.lora_request is None:
+            outputs = self._generate(requests, [sampling] * len(requests))
+        else:  # vLLM 0.32's CPU LoRA logits path fails on prompt log-probs of several requests at once
+            outputs = [out for request in requests for out in self._generate([request], [sampling])]
         sampler = torch.cat(sampler_token_logprobs(outputs, self.probe_sequences))
         learner = torch.cat(learner_token_logprobs(self.model, self.probe_sequences))
         gaps = (sampler - learner).abs()
@@ -436,7 +504,7 @@ class VLLMEngine:
             self.llm.wake_up(tags=["kv_cache"])
             self.kv_cache_on_gpu = True
             self.llm.reset_prefix_cache()  # no entry may survive from before the weights changed
-        outputs = self.llm.generate(list(requests), list(sampling), use_tqdm=False) if requests else []
+        outputs = self._generate(requests, sampling) if requests else []
         if self.sleep_level > 0:
             self.llm.sleep(level=self.sleep_level)
             self.weights_on_gpu = self.kv_cache_on_gpu = False
@@ -444,11 +512,13 @@ class VLLMEngine:
         return outputs
 
     def close(self) -> None:
-        """Shut vLLM's engine down, then its model-parallel groups (8.); only what this engine built.
+        """Shut vLLM's engine down, then its model-parallel groups (9.); only what this engine built.
         Once: a second call does nothing."""
         shutdown, self._shutdown = self._shutdown, None
         if shutdown is not None:
             shutdown()
+        if self.adapter_folder is not None:
+            shutil.rmtree(self.adapter_folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -463,7 +533,7 @@ class LoadedVLLM:
 
 
 def _shutdown_vllm(llm: Any, distributed: bool) -> None:
-    """8.: vLLM's engine core first, then its model-parallel groups; in one process also the process
+    """9.: vLLM's engine core first, then its model-parallel groups; in one process also the process
     group vLLM created itself (under torchrun the default group is grpopp's, ended by
     ``close_distributed``)."""
     engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
@@ -476,10 +546,28 @@ def _shutdown_vllm(llm: Any, distributed: bool) -> None:
         destroy_distributed_environment()
 
 
+def adapter_rank(handoff: PolicyHandoff | None, settings: VLLMEngineConfig) -> int:
+    """The rank of the policy's adapters when vLLM is to run them (8.), else 0."""
+    if not settings.lora_adapters:
+        return 0
+    if handoff is None:
+        raise ValueError(
+            "rollout.engine.lora_adapters=true needs a LoRA policy: set model.lora, or lora_adapters=false"
+        )
+    return handoff.adapter_rank
+
+
 def _load_vllm(
-    source: str, settings: VLLMEngineConfig, dtype: str, seed: int, distributed: bool, model: torch.nn.Module
+    source: str,
+    settings: VLLMEngineConfig,
+    dtype: str,
+    seed: int,
+    distributed: bool,
+    model: torch.nn.Module,
+    lora_rank: int = 0,
 ) -> LoadedVLLM:
-    """A ``vllm.LLM`` in this process, with the settings the engine relies on (see ``LoadedVLLM``)."""
+    """A ``vllm.LLM`` in this process, with the settings the engine relies on (see ``LoadedVLLM``);
+    ``lora_rank`` > 0: with LoRA support for one adapter of that rank (8.)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 1. weights handed over in-process
     try:
         import vllm
@@ -508,6 +596,11 @@ def _load_vllm(
     # 7. Under torchrun: vLLM joins the existing process group (RANK, LOCAL_RANK, MASTER_ADDR from
     # torchrun) with one engine per rank; tensor parallel size 1 makes each an independent sampler.
     launcher = {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1} if distributed else {}
+    # vLLM sizes its LoRA buffers by max_lora_rank, one of a fixed set of values: the smallest that fits.
+    ranks = [r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= lora_rank]
+    if lora_rank and not ranks:
+        raise ValueError(f"model.lora.r={lora_rank}: vLLM serves LoRA ranks up to 512; use lora_adapters=false")
+    adapters = {"enable_lora": True, "max_lora_rank": ranks[0], "max_loras": 1} if lora_rank else {}
     llm: _LLM = vllm.LLM(
         model=source,
         dtype=dtype,
@@ -520,5 +613,6 @@ def _load_vllm(
         logprobs_mode="processed_logprobs",  # 2.
         **memory,
         **launcher,
+        **adapters,
     )
     return LoadedVLLM(llm, vllm.SamplingParams, on_cpu, lambda: _shutdown_vllm(llm, distributed))

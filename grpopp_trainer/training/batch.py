@@ -85,3 +85,29 @@ def pad(rows: Sequence[Sequence[float] | torch.Tensor], length: int, device: tor
         if len(row):
             out[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32, device=device)
     return out
+
+
+def token_budget_micro_batches(
+    lengths: Sequence[tuple[int, int]], budget: int, packed: bool = False
+) -> list[list[int]]:
+    """Micro-batches (lists of indices into ``lengths``) under a token budget. ``lengths``: (prompt,
+    completion) tokens of each row. The rows are sorted by total length (ties: in order, so a group's
+    rows stay together and share their prompt pass); each micro-batch then takes the next rows while
+    rows x (longest prompt + longest completion) -- the positions of its padded [b, P + T] pass; with
+    ``packed`` the sum of the rows' lengths -- stays within ``budget``. A row longer than the budget
+    gets a micro-batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (sum(lengths[i]), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    prompt = completion = total = 0
+    for index in order:
+        p, c = max(prompt, lengths[index][0]), max(completion, lengths[index][1])
+        cost = total + sum(lengths[index]) if packed else (len(current) + 1) * (p + c)
+        if current and cost > budget:
+            batches.append(current)
+            current, p, c, total = [], lengths[index][0], lengths[index][1], 0
+        current.append(index)
+        prompt, completion, total = p, c, total + sum(lengths[index])
+    if current:
+        batches.append(current)
+    return batches

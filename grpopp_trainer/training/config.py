@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpopp.config_tools import ConfigError, apply_overrides, load_config_file, set_key, validate_config
 from grpopp.envs.mixture import EnvSpec, parse_env_arg, select_envs
+from grpopp.learner.lora import LoraSettings
 from grpopp.learner.optim import OptimConfig
 from grpopp.objective.algorithms import PRESETS, AlgorithmConfig
 from grpopp.objective.losses import FLAT_KEYS as LOSS_FLAT_KEYS
@@ -70,6 +71,11 @@ class ModelConfig(BaseModel):
     """Attention kernel (transformers' attn_implementation); None: transformers' default (sdpa).
     On CPU, "eager" is faster for very small models such as the built-in tiny one."""
 
+    lora: LoraSettings | None = None
+    """Train LoRA adapters (through peft) instead of the whole model, e.g. ``{r: 16, alpha: 32}``; the
+    base weights stay frozen, a KL term's reference is the model with its adapters off, checkpoints
+    hold the adapters (and optionally the merged model). None: full fine-tuning."""
+
 
 class BatchConfig(BaseModel):
     """How many samples a step uses and how they are split for updates."""
@@ -88,6 +94,21 @@ class BatchConfig(BaseModel):
 
     micro_batch_size: int = Field(16, ge=1)
     """Completions per forward/backward pass; gradients accumulate over a mini-batch."""
+
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """Form the learner's passes by a token budget instead of ``micro_batch_size``: a mini-batch's rows
+    sorted by length, each pass takes rows while rows x (longest prompt + longest completion), its
+    padded positions, stays within this budget (a longer row gets a pass of its own). Less padding and
+    passes of even memory; the update is unchanged (the loss normaliser is the mini-batch's). None: a
+    fixed ``micro_batch_size`` rows per pass. With ``packing`` the budget counts real tokens."""
+
+    packing: bool = False
+    """Padding-free passes: each learner pass runs over its rows' real tokens laid end to end ([1, N],
+    position ids restarting with each row), and attention stays within each row. With
+    ``model.attn_implementation: flash_attention_2`` (GPU) that is a varlen kernel; sdpa and eager get
+    a block-diagonal causal mask of N x N, so no padding is computed in the other layers but the
+    attention scores take N^2 memory (keep passes short on CPU, e.g. with ``max_tokens_per_micro_batch``).
+    Exact (tested against the padded pass). The shared-prompt pass is off then."""
 
     skip_zero_advantage: bool = True
     """Without a KL term, leave samples whose advantage is 0 out of the forward and backward passes:
@@ -236,6 +257,11 @@ class TrainConfig(BaseModel):
                 "carry the nucleus mass instead of the sampler/learner gap. Set algorithm.loss.tis.type=off, or "
                 "sample with top_p=1 and top_k=0"
             )
+        if getattr(self.rollout.engine, "lora_adapters", False) and self.model.lora is None:
+            raise ValueError(
+                "rollout.engine.lora_adapters=true hands vLLM the policy's LoRA adapters, but model.lora is not set: "
+                "set model.lora (e.g. model.lora.r=16), or rollout.engine.lora_adapters=false"
+            )
         return self
 
     def derived(self) -> Derived:
@@ -247,6 +273,7 @@ class TrainConfig(BaseModel):
             completions_per_step=completions,
             completions_per_mini_batch=per_mini_batch,
             micro_batches_per_mini_batch=math.ceil(per_mini_batch / self.batch.micro_batch_size),
+            max_tokens_per_micro_batch=self.batch.max_tokens_per_micro_batch,
             optimizer_steps_per_step=optimizer_steps,
             total_optimizer_steps=self.steps * optimizer_steps,
             length_limits=self.algorithm.length_limits(self.rollout.max_new_tokens),
@@ -262,6 +289,8 @@ class Derived:
     """prompts_per_step x completions_per_prompt."""
     completions_per_mini_batch: int
     micro_batches_per_mini_batch: int
+    """With a fixed ``micro_batch_size``; a token budget decides its passes at each step."""
+    max_tokens_per_micro_batch: int | None
     optimizer_steps_per_step: int
     """mini_batches x epochs."""
     total_optimizer_steps: int
@@ -277,7 +306,12 @@ class Derived:
         return [
             ("completions per step", str(self.completions_per_step)),
             ("completions per mini-batch", str(self.completions_per_mini_batch)),
-            ("micro-batches per mini-batch", str(self.micro_batches_per_mini_batch)),
+            (
+                "micro-batches per mini-batch",
+                str(self.micro_batches_per_mini_batch)
+                if self.max_tokens_per_micro_batch is None
+                else f"by token budget (<= {self.max_tokens_per_micro_batch} padded positions each)",
+            ),
             ("optimizer steps per training step", str(self.optimizer_steps_per_step)),
             ("total optimizer steps", str(self.total_optimizer_steps)),
             (

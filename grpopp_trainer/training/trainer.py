@@ -46,6 +46,7 @@ from grpopp.envs.base import Environment, Task
 from grpopp.envs.mixture import Mixture, build_mixture
 from grpopp.evaluation.evaluate import EvalSettings, episode_summary, evaluate_engine
 from grpopp.learner import checkpoint as ckpt
+from grpopp.learner import lora
 from grpopp.learner.distributed import barrier, gather_objects, gather_shares, my_share
 from grpopp.learner.policy import Policy, TokenBatch, completion_logprobs
 from grpopp.objective.advantages import compute_advantages
@@ -56,7 +57,7 @@ from grpopp.rewards.types import VERIFY_STATUSES
 from grpopp.rollout.base import EpisodeStats, RolloutEngine, SamplingParams
 from grpopp.rollout.episodes import episode_record, rollout
 from grpopp.rollout.groups import Group, Sample, score_groups
-from grpopp.training.batch import CollectStats, TrainTensors, pad, to_tensors
+from grpopp.training.batch import CollectStats, TrainTensors, pad, to_tensors, token_budget_micro_batches
 from grpopp.training.config import TrainConfig
 from grpopp.training.dynamic_sampling import Batch, BatchFiller, OldLogprobs
 from grpopp.training.run_log import RunLog, truncate_log
@@ -166,7 +167,8 @@ class Trainer:
         carried to a later step. Every rank computes its share and all get every group's."""
         tensors = to_tensors(groups, filter_truncated=False)
         computed = self._logprobs_no_grad(self.policy.model, tensors)
-        mine, _ = self._my_rows(list(range(len(computed))))  # the rows this rank computed
+        plan, _ = self._micro_batches(tensors, list(range(len(computed))))
+        mine = [row for micro in plan for row in micro]  # the rows this rank computed
         whole: dict[int, list[float]] = {}
         for share in gather_objects(self.dist, {row: computed[row].tolist() for row in mine}):
             whole.update(share)
@@ -201,7 +203,7 @@ class Trainer:
         num_groups = len(tensors.prompts) // group_size
         on_policy = cfg.batch.mini_batches == 1 and cfg.batch.epochs == 1
         old = self._old_rows(tensors, on_policy)
-        reference = self._logprobs_no_grad(self.reference, tensors) if self.reference is not None else None
+        reference = self._reference_logprobs(tensors)
         # Mini-batches of whole groups, as equal as possible; fewer when dynamic sampling came back short.
         chunks = min(cfg.batch.mini_batches, num_groups)
         slots_per_step = cfg.derived().optimizer_steps_per_step
@@ -264,14 +266,11 @@ class Trainer:
             return {"skipped_update": 1.0, "lr": lr}
         stats = _MetricAccumulator()
         tokens, padded, positions = 0, 0, 0  # trained tokens; padded and all positions of the passes
-        size = cfg.batch.micro_batch_size
         active = self._rows_with_gradient(tensors, advantages, rows)
-        mine, passes = self._my_rows(active)  # passes beyond mine are padding, with loss x 0
+        plan, passes = self._micro_batches(tensors, active)  # passes beyond plan are padding, with loss x 0
         finite = True
         for index in range(passes):
-            micro, weight = mine[index * size : (index + 1) * size], 1.0
-            if not micro:
-                micro, weight = active[:1], 0.0  # padding pass: no contribution to the gradient
+            micro, weight = (plan[index], 1.0) if index < len(plan) else (active[:1], 0.0)  # padding: no gradient
             batch = self.policy.token_batch(
                 [tensors.prompts[r] for r in micro], [tensors.completions[r] for r in micro], tensors.masks_of(micro)
             )
@@ -300,8 +299,10 @@ class Trainer:
             finite = finite and bool(torch.isfinite(out.loss))
             micro_tokens = int(mask.sum())
             tokens += micro_tokens
-            positions += batch.input_ids.numel()
-            padded += batch.input_ids.numel() - int(batch.attention_mask.sum())
+            real = int(batch.attention_mask.sum())
+            passed = real if cfg.batch.packing else batch.input_ids.numel()  # a packed pass holds the real ones
+            positions += passed
+            padded += passed - real
             entropy_mean = float((entropy * mask).sum() / mask.sum()) if entropy is not None else math.nan
             stats.add({**out.metrics, "entropy": entropy_mean}, weight=micro_tokens)
         if self.dist.enabled:  # every rank decides alike, and reports the whole mini-batch
@@ -333,7 +334,8 @@ class Trainer:
         the shared path (a prompt pass, then a completion pass) runs on every rank when every rank's
         completions are longer than one token, even on a rank whose prompts do not repeat; otherwise
         the flat pass (one) runs everywhere."""
-        share, force = self.config.batch.share_prompts, False
+        packed = self.config.batch.packing
+        share, force = self.config.batch.share_prompts and not packed, False
         if share and self.dist.enabled:
             share = force = min(gather_objects(self.dist, batch.completion_length)) > 1
         return completion_logprobs(
@@ -343,19 +345,31 @@ class Trainer:
             with_entropy=with_entropy,
             share_prompts=share,
             force_shared=force,
+            packed=packed,
         )
 
-    def _my_rows(self, rows: list[int]) -> tuple[list[int], int]:
-        """(this rank's rows, the number of micro-batch passes every rank runs).
+    def _micro_batches(self, tensors: TrainTensors, rows: list[int]) -> tuple[list[list[int]], int]:
+        """(this rank's micro-batches, the number of passes every rank runs).
 
-        Each rank takes the rows of the groups g with g % world == rank (all of them on one process),
-        and every rank runs as many passes as the rank with the most rows needs: under FSDP each pass
-        is a collective, so the counts must match; ranks with fewer rows pad with passes that do not
-        count."""
+        Each rank takes the rows of the groups g with g % world == rank (all of them on one process)
+        and splits them into micro-batches: ``batch.micro_batch_size`` rows each, or by
+        ``batch.max_tokens_per_micro_batch`` (``token_budget_micro_batches``). Every rank runs as many
+        passes as the rank with the most micro-batches: under FSDP each pass is a collective, so the
+        counts must match; ranks with fewer pad with passes that do not count. Every rank holds every
+        row's lengths, so each computes the others' splits without a collective."""
         group_size, world = self.config.rollout.completions_per_prompt, self.dist.world_size
         shares = [[r for r in rows if (r // group_size) % world == q] for q in range(world)]
-        passes = max(math.ceil(len(share) / self.config.batch.micro_batch_size) for share in shares)
-        return shares[self.dist.rank], passes
+        budget, size = self.config.batch.max_tokens_per_micro_batch, self.config.batch.micro_batch_size
+        plans = []
+        for share in shares:
+            if budget is None:
+                plans.append([share[i : i + size] for i in range(0, len(share), size)])
+            else:  # in row order first, so that rows of equal length stay with their group (one prompt pass)
+                ordered = sorted(share)
+                lengths = [(len(tensors.prompts[r]), len(tensors.completions[r])) for r in ordered]
+                batches = token_budget_micro_batches(lengths, budget, packed=self.config.batch.packing)
+                plans.append([[ordered[i] for i in batch] for batch in batches])
+        return plans[self.dist.rank], max(len(plan) for plan in plans)
 
     def _rows_with_gradient(self, tensors: TrainTensors, advantages: torch.Tensor, rows: list[int]) -> list[int]:
         """The trained rows whose forward and backward passes can change the update.
@@ -373,6 +387,16 @@ class Trainer:
         active = [r for r in trained if float(advantages[r]) != 0.0]
         return active or trained[:1]
 
+    def _reference_logprobs(self, tensors: TrainTensors) -> list[torch.Tensor] | None:
+        """Reference log-probs for the KL term: from the reference model, or for a LoRA policy from the
+        policy with its adapters off (its base model; no second copy). None without a KL term."""
+        if self.reference is not None:
+            return self._logprobs_no_grad(self.reference, tensors)
+        if self.config.derived().reference_model and lora.has_lora(self.policy.model):
+            with lora.adapters_disabled(self.policy.model):
+                return self._logprobs_no_grad(self.policy.model, tensors)
+        return None
+
     def _logprobs_no_grad(self, model: PreTrainedModel | None, tensors: TrainTensors) -> list[torch.Tensor]:
         """Per-sample log-probs [T_i] of the completions under ``model`` (pi_old or the reference).
 
@@ -380,17 +404,17 @@ class Trainer:
         entries hold empty tensors), in the same number of passes on every rank (padding passes on
         one row, discarded), as FSDP's collectives require."""
         assert model is not None
-        size, count = self.config.batch.micro_batch_size, len(tensors.prompts)
-        mine, passes = self._my_rows(list(range(count)))
+        count = len(tensors.prompts)
+        plan, passes = self._micro_batches(tensors, list(range(count)))
         out: list[torch.Tensor] = [torch.empty(0) for _ in range(count)]
         with torch.no_grad():
             for index in range(passes):
-                rows = mine[index * size : (index + 1) * size] or [0]  # padding pass: row 0, discarded
+                rows = plan[index] if index < len(plan) else [0]  # padding pass: row 0, discarded
                 batch = self.policy.token_batch(
                     [tensors.prompts[r] for r in rows], [tensors.completions[r] for r in rows]
                 )
                 logprobs, _ = self._completion_logprobs(model, batch)
-                if index * size < len(mine):
+                if index < len(plan):
                     for i, r in enumerate(rows):
                         out[r] = logprobs[i, : len(tensors.completions[r])].detach()
         return out
@@ -503,14 +527,16 @@ class Trainer:
             "world_size": self.dist.world_size,
             "time": self.run_seconds(),
         }
-        full = self.policy.full_model_state() if self.dist.enabled else None
+        lora_settings = self.config.model.lora
+        merged = lora_settings is not None and lora_settings.save_merged
+        gathered = self.policy.gathered_state(merged) if self.dist.enabled else None
         path = None
         if self.dist.is_main:
             with quiet_transformers_bars():  # no "Writing model shards" bar between the step lines
                 path = ckpt.save_checkpoint(
                     self.run_dir,
                     self.step,
-                    lambda folder: self.policy.save_pretrained(folder, full),
+                    lambda folder: self.policy.save_pretrained(folder, gathered, merged),
                     state,
                     self.config.checkpoint.keep_last,
                 )
