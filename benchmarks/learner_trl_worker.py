@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import transformers
 import trl
+from bench_learner import memory_mib  # beside this file; it imports nothing beyond the standard library
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
@@ -60,14 +61,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--out", help="also write the JSON result here")
     return parser.parse_args()
-
-
-def rss_mib(field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` of this process, in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 def dummy_reward(completions, **kwargs) -> list[float]:
@@ -169,7 +162,7 @@ def main() -> None:
         trainer.optimizer.step()
         model.zero_grad()
 
-        rss_before = rss_mib("VmRSS")
+        rss_before = memory_mib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS
         start = time.perf_counter()
         loss_sum = 0.0
@@ -179,7 +172,7 @@ def main() -> None:
         trainer.optimizer.step()
         model.zero_grad()
         seconds = time.perf_counter() - start
-        peak = rss_mib("VmHWM")
+        peak = memory_mib("VmHWM")
 
     tokens = int(inputs["completion_mask"].sum())
     result = {

@@ -55,6 +55,18 @@ def _chunk_values(
     return chosen, entropy
 
 
+def _logits_gradient(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, upstream: torch.Tensor
+) -> torch.Tensor:
+    """(onehot(y) - softmax(z / tau)) / tau x upstream [n, V], computed in place in ``logits`` (a chunk's
+    logits z in the compute dtype, owned by the caller), which it returns."""
+    probs = logits.div_(temperature)
+    probs.sub_(torch.logsumexp(probs, dim=-1, keepdim=True)).exp_().neg_()  # -p
+    ones = torch.ones_like(targets, dtype=probs.dtype).unsqueeze(-1)  # [n, 1]
+    probs.scatter_add_(-1, targets.unsqueeze(-1), ones)  # onehot(y) - p
+    return probs.mul_((upstream / temperature).unsqueeze(-1))
+
+
 class _SelectedLogprobs(torch.autograd.Function):
     """log p(targets) from logits, chunk by chunk; backward recomputes each chunk's softmax."""
 
@@ -79,11 +91,8 @@ class _SelectedLogprobs(torch.autograd.Function):
         grad = torch.empty_like(flat)  # [N, V] in the logits' dtype
         for start in range(0, flat.shape[0], chunk):
             part = slice(start, start + chunk)
-            probs = flat[part].to(compute_dtype(logits), copy=True).div_(temperature)  # [n, V]; in place: softmax,
-            probs.sub_(torch.logsumexp(probs, dim=-1, keepdim=True)).exp_().neg_()  # then onehot(y) - p
-            ones = torch.ones_like(flat_targets[part], dtype=probs.dtype).unsqueeze(-1)  # [n, 1]
-            probs.scatter_add_(-1, flat_targets[part].unsqueeze(-1), ones)
-            grad[part] = probs.mul_((flat_grad[part] / temperature).unsqueeze(-1))
+            chunk_logits = flat[part].to(compute_dtype(logits), copy=True)  # [n, V]: a copy, changed in place
+            grad[part] = _logits_gradient(chunk_logits, flat_targets[part], temperature, flat_grad[part])
         return grad.reshape(logits.shape), None, None, None
 
 
@@ -152,11 +161,8 @@ class _LinearSelectedLogprobs(torch.autograd.Function):
         upstream = grad_out.to(compute_dtype(weight))  # [N]
         for start in range(0, hidden.shape[0], chunk):
             part = slice(start, start + chunk)
-            probs = torch.nn.functional.linear(hidden[part], weight).to(compute_dtype(weight)).div_(temperature)
-            probs.sub_(torch.logsumexp(probs, dim=-1, keepdim=True)).exp_().neg_()  # [n, V]: -p, then onehot - p
-            ones = torch.ones_like(targets[part], dtype=probs.dtype).unsqueeze(-1)
-            probs.scatter_add_(-1, targets[part].unsqueeze(-1), ones)
-            grad_logits = probs.mul_((upstream[part] / temperature).unsqueeze(-1)).to(weight.dtype)  # [n, V]
+            chunk_logits = torch.nn.functional.linear(hidden[part], weight).to(compute_dtype(weight))  # [n, V], fresh
+            grad_logits = _logits_gradient(chunk_logits, targets[part], temperature, upstream[part]).to(weight.dtype)
             if grad_hidden is not None:
                 grad_hidden[part] = grad_logits @ weight  # [n, H]
             if grad_weight is not None:

@@ -221,21 +221,15 @@ def merged_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> 
         yield (f"{owner}.{leaf}" if owner else name), whole
 
 
-def save_merged(model: Any, folder: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Write the merged model (base + adapters) to ``folder`` in Hugging Face format: loadable without
-    peft. ``state``: the merged weights when already gathered (under FSDP every rank gathers them)."""
-    weights = state if state is not None else {name: t.cpu() for name, t in merged_weights(model)}
-    model.save_pretrained(folder, state_dict=weights)
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (adapter) tensors by name, whole and on the CPU: gathered from FSDP2 shards, a
+    collective every rank runs."""
+    return {name: whole_tensor(p).cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, all) parameter counts."""
-    total = trainable = 0
-    for parameter in model.parameters():
-        count = parameter.numel()
-        total += count
-        trainable += count if parameter.requires_grad else 0
-    return trainable, total
+def merged_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``merged_weights`` as a dict on the CPU (what ``save_merged`` writes)."""
+    return {name: tensor.cpu() for name, tensor in merged_weights(model)}
 
 
 def handoff(model: torch.nn.Module) -> PolicyHandoff:
@@ -243,8 +237,7 @@ def handoff(model: torch.nn.Module) -> PolicyHandoff:
     weights, and the adapters alone (gathered from FSDP shards under torchrun)."""
 
     def save(folder: Path) -> None:
-        state = {name: whole_tensor(p) for name, p in model.named_parameters() if p.requires_grad}
-        save_adapters(model, folder, state)
+        save_adapters(model, folder, adapter_state(model))
 
     rank = int(getattr(model, "peft_config")["default"].r)  # noqa: B009  # set by peft
     return PolicyHandoff(weights=lambda dtype: merged_weights(model, dtype), adapter_rank=rank, save_adapters=save)

@@ -38,7 +38,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpopp.learner import lora
-from grpopp.learner.distributed import SINGLE, DistInfo, whole_tensor
+from grpopp.learner.distributed import SINGLE, DistInfo
 from grpopp.learner.logprobs import linear_selected_logprobs, selected_logprobs
 from grpopp.learner.optim import OptimConfig
 from grpopp.rollout.base import distinct_rows
@@ -358,11 +358,9 @@ class Policy:
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
             state = get_model_state_dict(self.model, options=options)
             return {"model": {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}}
-        gathered = {
-            "model": {name: whole_tensor(p).cpu() for name, p in self.model.named_parameters() if p.requires_grad}
-        }
+        gathered = {"model": lora.adapter_state(self.model)}
         if merged:
-            gathered["merged"] = {name: tensor.cpu() for name, tensor in lora.merged_weights(self.model)}
+            gathered["merged"] = lora.merged_state(self.model)
         return gathered
 
     def save_pretrained(
@@ -377,7 +375,7 @@ class Policy:
         if lora.has_lora(self.model):
             lora.save_adapters(self.model, path, state.get("model"))
             if merged:
-                whole = state.get("merged") or {name: t.cpu() for name, t in lora.merged_weights(self.model)}
+                whole = state.get("merged") or lora.merged_state(self.model)
                 self._save_whole(path / lora.MERGED_FOLDER, whole)
                 self.tokenizer.save_pretrained(path / lora.MERGED_FOLDER)
         else:
