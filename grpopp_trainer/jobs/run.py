@@ -92,9 +92,7 @@ def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrained
     added to it."""
     source = model_source(config, path)
     adapters = lora.is_adapter_folder(source)
-    base = source
-    if adapters:
-        base = model_source(config) if config.lora is not None else lora.base_model_of(source)
+    base = weights_source(config, source)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     kernel = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
     with quiet_transformers_bars():  # its "Loading weights" bar would interleave with grpopp's lines
@@ -116,10 +114,13 @@ def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrained
     return model, tokenizer
 
 
-def engine_source(source: str) -> str:
-    """The whole model an engine that reads weights from disk (vLLM) starts from: for a folder of
-    adapters, its base model (the engine then gets the merged weights from the policy)."""
-    return lora.base_model_of(source) if lora.is_adapter_folder(source) else source
+def weights_source(config: ModelConfig, source: str) -> str:
+    """The whole model ``source`` stands on: ``source`` itself, or for a folder of LoRA adapters its base
+    model (``config.name_or_path``'s for a LoRA run, else the base the folder names). The policy loads
+    it under the adapters; an engine that reads weights from disk (vLLM) starts from it."""
+    if not lora.is_adapter_folder(source):
+        return source
+    return model_source(config) if config.lora is not None else lora.base_model_of(source)
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -143,7 +144,13 @@ def make_engine(
     dtype = (config.model.fsdp_param_dtype if dist_info.enabled else None) or config.model.dtype
     handoff = lora.handoff(model) if lora.has_lora(model) else None  # vLLM runs the merged model or the adapters
     context = EngineContext(
-        model, tokenizer, engine_source(source), dtype, config.seed + dist_info.rank, dist_info.enabled, handoff
+        model,
+        tokenizer,
+        weights_source(config.model, source),
+        dtype,
+        config.seed + dist_info.rank,
+        dist_info.enabled,
+        handoff,
     )
     return config.rollout.engine.build(context)
 
