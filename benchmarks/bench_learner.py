@@ -23,6 +23,8 @@ Variants (each in a fresh process; the runs alternate, variant after variant, ``
   counted in real tokens;
 - ``trl-full``, ``trl-lora``: TRL's ``GRPOTrainer`` (``benchmarks/learner_trl_worker.py``, run by
   ``--trl-python``, a separate venv) with the same micro-batches;
+- ``full-selective``, ``lora-selective``: selective activation checkpointing
+  (``model.gradient_checkpointing: selective``: the products' outputs kept, element-wise work redone);
 - with gradient checkpointing (``model.gradient_checkpointing``; on by default in TRL's ``GRPOConfig``),
   run when named: ``full-ckpt``, ``lora-ckpt``, ``trl-full-ckpt``, ``trl-lora-ckpt``.
 
@@ -69,6 +71,8 @@ GRPOPP_VARIANTS = (
 )
 TRL_VARIANTS = ("trl-full", "trl-lora", "trl-full-ckpt", "trl-lora-ckpt")
 CHECKPOINTED = ("full-ckpt", "lora-ckpt", "trl-full-ckpt", "trl-lora-ckpt")
+SELECTIVE = ("full-selective", "lora-selective")
+"""Variants with selective activation checkpointing (``model.gradient_checkpointing: selective``)."""
 """Variants with gradient checkpointing (TRL's GRPOConfig has it on by default): not run unless named."""
 LORA = {"r": 16, "alpha": 32}
 EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -144,7 +148,7 @@ def grpopp_worker(args: argparse.Namespace) -> None:
     batch = json.loads(Path(args.batch).read_text())
     rows = len(batch["prompts"])
     lora = args.variant.startswith("lora")
-    checkpointing = args.variant.endswith("ckpt")
+    checkpointing: bool | str = "selective" if args.variant.endswith("selective") else args.variant.endswith("ckpt")
     budget = None
     packing = args.variant.endswith("packed")
     if args.variant.endswith(("budget", "packed")):
@@ -273,8 +277,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=[v for v in (*GRPOPP_VARIANTS, *TRL_VARIANTS) if v not in CHECKPOINTED],
-        choices=[*GRPOPP_VARIANTS, "full-ckpt", "lora-ckpt", *TRL_VARIANTS],
+        default=[v for v in (*GRPOPP_VARIANTS, *SELECTIVE, *TRL_VARIANTS) if v not in CHECKPOINTED],
+        choices=[*GRPOPP_VARIANTS, *SELECTIVE, "full-ckpt", "lora-ckpt", *TRL_VARIANTS],
     )
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=8)

@@ -1,10 +1,11 @@
 """One optimizer update on a fixed batch, in one process or under ``torchrun`` (tests/test_distributed.py).
 
-Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl] [flat] [checkpointing] [lora]`` (or under
+Usage: ``python tests/dist_worker.py OUT.pt MINI_BATCHES [kl] [flat] [checkpointing] [lora] [selective]`` (or under
 ``torchrun --nproc-per-node N``);
 ``kl`` adds a KL term against a reference model (sharded too under torchrun); ``flat`` turns the
 shared-prompt pass off (one pass over each whole sequence: the second method the tests compare with);
-``checkpointing`` turns gradient (activation) checkpointing on; ``lora`` trains LoRA adapters (r=4,
+``checkpointing`` turns gradient (activation) checkpointing on (``selective``: selective checkpointing,
+``grpopp.learner.recompute``); ``lora`` trains LoRA adapters (r=4,
 B seeded nonzero) on the frozen model, with ``kl`` against the model with its adapters off.
 Every rank builds the same seeded random model and the same batch of 6 groups of 2 (3 per mini-batch
 with two mini-batches: unequal shares per rank, so padding passes), two with advantage 0, and
@@ -24,6 +25,7 @@ import yaml
 from grpopp.learner.distributed import close_distributed, init_distributed
 from grpopp.learner.lora import LoraSettings, add_lora
 from grpopp.learner.policy import Policy, shard_model
+from grpopp.learner.recompute import enable_checkpointing
 from grpopp.recipes.tiny import TinyModelConfig, build_model, build_tokenizer
 from grpopp.rollout.hf import HFEngine
 from grpopp.training.batch import TrainTensors
@@ -31,7 +33,7 @@ from grpopp.training.config import load_train_config
 from grpopp.training.trainer import Trainer, make_reference
 
 
-def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool, lora: bool) -> None:
+def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool, lora: bool, selective: bool) -> None:
     info, device = init_distributed("cpu")
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
@@ -42,8 +44,8 @@ def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool
             for name, parameter in model.named_parameters():
                 if "lora_B" in name:
                     parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    if checkpointing:  # as run.load_model does it, before the model is sharded
-        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    if checkpointing or selective:  # as run.load_model does it, before the model is sharded
+        enable_checkpointing(model, "selective" if selective else "full")
     folder = Path(tempfile.mkdtemp())
     config_file = folder / "config.yaml"
     config_file.write_text(
@@ -106,4 +108,5 @@ def main(out: Path, mini_batches: int, kl: bool, flat: bool, checkpointing: bool
 
 if __name__ == "__main__":
     options = sys.argv[3:]
-    main(*(Path(sys.argv[1]), int(sys.argv[2])), *(name in options for name in ("kl", "flat", "checkpointing", "lora")))
+    flags = ("kl", "flat", "checkpointing", "lora", "selective")
+    main(*(Path(sys.argv[1]), int(sys.argv[2])), *(name in options for name in flags))

@@ -31,20 +31,25 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
+CHECKPOINTING = ("checkpointing", "selective")
+
+
 @pytest.mark.parametrize(
-    ("mini_batches", "extra"), [(1, []), (2, []), (2, ["kl"]), (1, ["checkpointing"]), (2, ["kl", "lora"])]
+    ("mini_batches", "extra"),
+    [(1, []), (2, []), (2, ["kl"]), (1, ["checkpointing"]), (2, ["kl", "lora"]), (1, ["lora", "selective"])],
 )
 def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, extra):
     """6 groups of 2, micro-batches of 2, two groups with advantage 0: the ranks get unequal shares
     (padding passes); with two mini-batches a second, off-policy step (pi_old from each rank's own
     rows) with AdamW momentum; with ``kl`` a sharded reference model and the KL term; with
-    ``checkpointing`` gradient checkpointing in the sharded layers (the one process without); with
+    ``checkpointing`` gradient checkpointing in the sharded layers (the one process without; ``selective``:
+    selective checkpointing); with
     ``lora`` LoRA adapters on the frozen model, the KL reference being that model with adapters off,
     and the gathered adapters and merged weights compared. The two
     processes share prompts in their passes (two forward passes, where every rank's completions
     are longer than one token), the one process runs the flat pass: a second method."""
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
-    run([sys.executable, WORKER, str(single), str(mini_batches), *[e for e in extra if e != "checkpointing"], "flat"])
+    run([sys.executable, WORKER, str(single), str(mini_batches), *[e for e in extra if e not in CHECKPOINTING], "flat"])
     run([*TORCHRUN, WORKER, str(double), str(mini_batches), *extra])
     one, two = torch.load(single, weights_only=False), torch.load(double, weights_only=False)
     assert (one["world_size"], two["world_size"]) == (1, 2)

@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from grpopp.config_tools import TINY_MODELS, ConfigError, validate_config
 from grpopp.envs.mixture import Mixture
 from grpopp.learner import checkpoint as ckpt
-from grpopp.learner import lora
+from grpopp.learner import lora, recompute
 from grpopp.learner.distributed import SINGLE, DistInfo, barrier, broadcast_object, init_distributed
 from grpopp.learner.policy import Policy, shard_model
 from grpopp.progress import StepDisplay, quiet_transformers_bars
@@ -106,8 +106,7 @@ def load_model(config: ModelConfig, path: str | None = None) -> tuple[PreTrained
     elif config.lora is not None:
         lora.add_lora(model, config.lora)
     if config.gradient_checkpointing:
-        # transformers 5 renamed it activation checkpointing; older releases only have the old name.
-        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        recompute.enable_checkpointing(model, "selective" if config.gradient_checkpointing == "selective" else "full")
         if lora.has_lora(model):  # frozen embeddings: the checkpointed blocks' inputs must carry a gradient
             model.enable_input_require_grads()
     _disable_dropout(model)

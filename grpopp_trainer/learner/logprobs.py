@@ -27,9 +27,12 @@ from typing import Any
 
 import torch
 
-CHUNK_ELEMENTS = 2**25
-"""Float32 values of one chunk (128 MiB): its positions are CHUNK_ELEMENTS // V, at least one
-(220 for Qwen2.5's vocabulary; every position at once for a small vocabulary)."""
+CHUNK_ELEMENTS = 2**23
+"""Float32 values of one chunk (32 MiB): its positions are CHUNK_ELEMENTS // V, at least one
+(55 for Qwen2.5's vocabulary; every position at once for a small vocabulary). A chunk and its few
+temporaries are on top of the micro-batch's activations at their peak (the end of the forward pass,
+the start of the backward pass); 55 positions still keep the output layer's matrix products
+efficient."""
 
 
 def chunk_rows(vocab: int) -> int:
@@ -50,8 +53,8 @@ def _chunk_values(
     chosen = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser  # [N]
     entropy = None
     if with_entropy:
-        log_probs = scaled - normaliser.unsqueeze(-1)  # [N, V], this chunk only
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)  # [N]; no cancellation when peaked
+        log_probs = scaled.sub_(normaliser.unsqueeze(-1))  # [N, V], in place of the copy
+        entropy = -log_probs.exp().mul_(log_probs).sum(dim=-1)  # [N]; no cancellation when peaked
     return chosen, entropy
 
 
@@ -156,17 +159,18 @@ class _LinearSelectedLogprobs(torch.autograd.Function):
         hidden, weight, targets = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtype = compute_dtype(weight)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
-        grad_weight = torch.zeros_like(weight, dtype=compute_dtype(weight)) if need_weight else None  # [V, H]
-        upstream = grad_out.to(compute_dtype(weight))  # [N]
+        grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None  # [V, H]
+        upstream = grad_out.to(dtype)  # [N]
         for start in range(0, hidden.shape[0], chunk):
             part = slice(start, start + chunk)
-            chunk_logits = torch.nn.functional.linear(hidden[part], weight).to(compute_dtype(weight))  # [n, V], fresh
-            grad_logits = _logits_gradient(chunk_logits, targets[part], temperature, upstream[part]).to(weight.dtype)
+            chunk_logits = torch.nn.functional.linear(hidden[part], weight).to(dtype)  # [n, V], fresh
+            grad_logits = _logits_gradient(chunk_logits, targets[part], temperature, upstream[part])  # [n, V]
             if grad_hidden is not None:
-                grad_hidden[part] = grad_logits @ weight  # [n, H]
-            if grad_weight is not None:
-                grad_weight += (grad_logits.t() @ hidden[part]).to(grad_weight.dtype)  # [V, H]
+                grad_hidden[part] = grad_logits.to(weight.dtype) @ weight  # [n, H]
+            if grad_weight is not None:  # accumulated in place: no [V, H] temporary per chunk
+                grad_weight.addmm_(grad_logits.t(), hidden[part].to(dtype))
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 
