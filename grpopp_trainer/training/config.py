@@ -59,9 +59,8 @@ class ModelConfig(BaseModel):
     gradient_checkpointing: bool | Literal["selective"] = False
     """Recompute activations in the backward pass to save memory. true: every decoder layer keeps its input
     only and is rerun whole in the backward pass; "selective": the layers also keep the outputs of their
-    matrix products and attention, and only the element-wise work between them is redone (about half
-    the activation memory of no checkpointing, for a small part of full checkpointing's extra time;
-    ``grpopp.learner.recompute``)."""
+    matrix products and attention, and only the element-wise work between them is redone (less memory
+    saved than true, for less extra time; ``grpopp.learner.recompute``)."""
 
     trust_remote_code: bool = False
     """Allow model code from the hub (transformers' trust_remote_code)."""
