@@ -4,8 +4,11 @@
 
 Each variant runs in its own fresh process, which reports the growth of its peak resident memory
 (``ru_maxrss``) over the logits and their gradient buffer, created before the measurement; runs
-alternate, medians of ``--repeats``. Default shape: 8 x 256 positions of Qwen2.5's 151,936-token
-vocabulary, logits in bfloat16 (as a bf16 model produces them).
+alternate. As in ``bench_learner.py`` (``--malloc split``), the memory comes from one round with glibc
+returning freed blocks (``EXACT_MALLOC``: the peak follows the live tensors; under glibc's defaults
+its arenas keep freed blocks and the chunked peak read 162 to 592 MiB over three runs) and the time
+from the medians of ``--repeats`` rounds under glibc's defaults. Default shape: 8 x 256 positions of
+Qwen2.5's 151,936-token vocabulary, logits in bfloat16 (as a bf16 model produces them).
 
     .venv/bin/python benchmarks/bench_logprobs.py --repeats 3 --out /tmp/logprobs.json
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_learner import EXACT_MALLOC  # beside this file; it imports nothing beyond the standard library
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -76,26 +81,28 @@ def main() -> None:
     runs = []
     shape = ["--batch", str(args.batch), "--length", str(args.length), "--vocab", str(args.vocab)]
     shape += ["--dtype", args.dtype, "--temperature", str(args.temperature), "--threads", str(args.threads)]
-    for _ in range(args.repeats):
+    for label in ["memory", *(f"time {k + 1}/{args.repeats}" for k in range(args.repeats))]:
+        exact = label == "memory"
         for variant in ("plain", "chunked"):
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", "--variant", variant, *shape],
                 capture_output=True,
                 text=True,
                 check=True,
+                env={**os.environ, **(EXACT_MALLOC if exact else {})},
             )
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"round": label, "exact_malloc": exact})
             print(json.dumps(runs[-1]), flush=True)
-    table = {
-        variant: {
-            key: statistics.median(r[key] for r in runs if r["variant"] == variant)
-            for key in ("peak_growth_mib", "seconds")
+    table = {}
+    for variant in ("plain", "chunked"):
+        mine = [r for r in runs if r["variant"] == variant]
+        table[variant] = {
+            "peak_growth_mib": next(r["peak_growth_mib"] for r in mine if r["exact_malloc"]),
+            "seconds": statistics.median(r["seconds"] for r in mine if not r["exact_malloc"]),
         }
-        for variant in ("plain", "chunked")
-    }
     logits_mib = args.batch * args.length * args.vocab * torch.finfo(getattr(torch, args.dtype)).bits / 8 / 2**20
     shape_text = f"{args.batch} x {args.length} x {args.vocab} {args.dtype}"
-    print(f"\nlogits {shape_text} ({logits_mib:.0f} MiB); medians of {args.repeats}")
+    print(f"\nlogits {shape_text} ({logits_mib:.0f} MiB); memory: exact malloc; time: medians of {args.repeats}")
     for variant, row in table.items():
         growth, seconds = row["peak_growth_mib"], row["seconds"]
         print(f"{variant:8s} peak memory growth {growth:8.0f} MiB   forward+backward {seconds:.2f} s")
