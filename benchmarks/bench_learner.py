@@ -85,7 +85,17 @@ SELECTIVE = ("full-selective", "lora-selective")
 """Variants with selective activation checkpointing (``model.gradient_checkpointing: selective``)."""
 LORA = {"r": 16, "alpha": 32}
 EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-"""glibc settings under which the resident memory follows the live tensors (``--malloc exact``)."""
+"""glibc settings under which the resident memory follows the live tensors (the memory round of
+``--malloc split``; every round of ``--malloc exact``)."""
+
+
+def malloc_rounds(malloc: str, repeats: int) -> list[tuple[str, bool, bool, bool]]:
+    """The rounds of a benchmark under ``--malloc`` (split, exact, default), each as (label, run under
+    EXACT_MALLOC?, taken for memory?, taken for time?)."""
+    if malloc == "split":
+        timed = [(f"time {k + 1}/{repeats}", False, False, True) for k in range(repeats)]
+        return [("memory", True, True, False), *timed]
+    return [(f"{k + 1}/{repeats}", malloc == "exact", True, True) for k in range(repeats)]
 
 
 def build_model(folder: Path) -> None:
@@ -330,15 +340,8 @@ def main() -> None:
     batch_file.write_text(json.dumps(batch))
     tokens = sum(map(len, batch["completions"]))
     print(f"batch: {len(batch['prompts'])} completions, {tokens} completion tokens", flush=True)
-    # (round label, exact malloc?, taken for memory?, taken for time?)
-    if args.malloc == "split":
-        rounds = [("memory", True, True, False)]
-        rounds += [(f"time {k + 1}/{args.repeats}", False, False, True) for k in range(args.repeats)]
-    else:
-        exact = args.malloc == "exact"
-        rounds = [(f"{k + 1}/{args.repeats}", exact, True, True) for k in range(args.repeats)]
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in args.variants}
-    for label, exact, for_memory, for_time in rounds:
+    for label, exact, for_memory, for_time in malloc_rounds(args.malloc, args.repeats):
         for variant in args.variants:
             result = run_variant(args, variant, batch_file, work, exact)
             result.update(round=label, exact_malloc=exact, for_memory=for_memory, for_time=for_time)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_learner import EXACT_MALLOC  # beside this file; it imports nothing beyond the standard library
+from bench_learner import EXACT_MALLOC, malloc_rounds  # beside this file: standard library imports only
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -81,8 +81,7 @@ def main() -> None:
     runs = []
     shape = ["--batch", str(args.batch), "--length", str(args.length), "--vocab", str(args.vocab)]
     shape += ["--dtype", args.dtype, "--temperature", str(args.temperature), "--threads", str(args.threads)]
-    for label in ["memory", *(f"time {k + 1}/{args.repeats}" for k in range(args.repeats))]:
-        exact = label == "memory"
+    for label, exact, for_memory, for_time in malloc_rounds("split", args.repeats):
         for variant in ("plain", "chunked"):
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", "--variant", variant, *shape],
@@ -91,14 +90,17 @@ def main() -> None:
                 check=True,
                 env={**os.environ, **(EXACT_MALLOC if exact else {})},
             )
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"round": label, "exact_malloc": exact})
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append(
+                result | {"round": label, "exact_malloc": exact, "for_memory": for_memory, "for_time": for_time}
+            )
             print(json.dumps(runs[-1]), flush=True)
     table = {}
     for variant in ("plain", "chunked"):
         mine = [r for r in runs if r["variant"] == variant]
         table[variant] = {
-            "peak_growth_mib": next(r["peak_growth_mib"] for r in mine if r["exact_malloc"]),
-            "seconds": statistics.median(r["seconds"] for r in mine if not r["exact_malloc"]),
+            "peak_growth_mib": statistics.median(r["peak_growth_mib"] for r in mine if r["for_memory"]),
+            "seconds": statistics.median(r["seconds"] for r in mine if r["for_time"]),
         }
     logits_mib = args.batch * args.length * args.vocab * torch.finfo(getattr(torch, args.dtype)).bits / 8 / 2**20
     shape_text = f"{args.batch} x {args.length} x {args.vocab} {args.dtype}"
