@@ -36,7 +36,15 @@ CHECKPOINTING = ("checkpointing", "selective")
 
 @pytest.mark.parametrize(
     ("mini_batches", "extra"),
-    [(1, []), (2, []), (2, ["kl"]), (1, ["checkpointing"]), (2, ["kl", "lora"]), (1, ["lora", "selective"])],
+    [
+        (1, []),
+        (2, []),
+        (2, ["kl"]),
+        (1, ["checkpointing"]),
+        (2, ["kl", "lora"]),
+        (1, ["lora", "selective"]),
+        (1, ["lora", "checkpointing"]),
+    ],
 )
 def test_one_update_on_two_processes_equals_one_process(tmp_path, mini_batches, extra):
     """6 groups of 2, micro-batches of 2, two groups with advantage 0: the ranks get unequal shares

@@ -1,7 +1,14 @@
-"""Activation checkpointing of the decoder layers: full, or selective (PyTorch's op-level policy).
+"""Activation checkpointing of the decoder layers: full (its MLP recomputed in sequence tiles), or
+selective (PyTorch's op-level policy).
 
 ``full`` keeps each decoder layer's input only and reruns the whole layer in the backward pass
-(transformers' activation checkpointing, non-reentrant ``torch.utils.checkpoint``).
+(transformers' activation checkpointing, non-reentrant ``torch.utils.checkpoint``). In the layers of
+Llama, Mistral, Qwen2 and Qwen3 the rerun MLP goes a tile of tokens at a time (``TiledLayer``,
+after ALST's tiled MLP, Bekman et al. 2025, arXiv 2506.13996, section 3.2): a layer's backward pass
+then holds the MLP's [tokens, intermediate] activations and their gradients for one tile, not the
+whole micro-batch, with the same matrix products as untiled checkpointing but for the MLP's output
+product, which the tiles redo (nothing reads its values in the layer's backward pass; the untiled
+rerun stops before it). The gradient is the same (tested in float64).
 
 ``selective`` is the same checkpoint with a policy (``torch.utils.checkpoint``'s
 ``create_selective_checkpoint_contexts``, as torchtitan's op-level selective AC): the outputs of the
@@ -16,11 +23,22 @@ one). Measured on a Qwen2.5-0.5B-shaped model on CPU (``benchmarks/bench_learner
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import math
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+import transformers
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    get_device_states,
+    set_device_states,
+)
 from transformers import PreTrainedModel
 
 Checkpointing = Literal["full", "selective"]
@@ -67,3 +85,161 @@ def enable_checkpointing(model: PreTrainedModel, mode: Checkpointing) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if mode == "full" and _LAYERS_RETURN_TENSORS:
+        for layer in model.modules():
+            if type(layer).__name__ in TILED_LAYERS and getattr(layer, "gradient_checkpointing", False):
+                # What transformers' GradientCheckpointingLayer calls as func(partial(forward, **kwargs), *args).
+                layer._gradient_checkpointing_func = functools.partial(checkpoint_tiled, layer)  # type: ignore[assignment]
+
+
+TILED_LAYERS = frozenset(("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"))
+"""Decoder layers that end in ``h + mlp(post_attention_layernorm(h))`` with a token-wise MLP from hidden
+size to hidden size: the MLP's output goes into the residual sum alone, whose backward pass reads no
+values, so the rerun leaves the MLP's values out (``TiledMLP``). Other layers are checkpointed untiled
+(a Gemma 2 layer, say, normalises the MLP's output before the sum: its backward pass reads it)."""
+
+_LAYERS_RETURN_TENSORS = int(transformers.__version__.split(".")[0]) >= 5
+"""transformers 5's decoder layers return the hidden states alone (4's return a tuple)."""
+
+
+def checkpoint_tiled(layer: torch.nn.Module, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, ``layer``'s forward pass, checkpointed with its MLP rerun in tiles
+    (``TiledLayer``); untiled (torch's non-reentrant checkpoint) where the rerun's backward pass would
+    reach past the layer: a second positional input, or a keyword input that carries a gradient."""
+    keywords = getattr(function, "keywords", {})
+    if len(args) != 1 or any(map(_carries_gradient, keywords.values())):
+        return checkpoint(function, *args, use_reentrant=False)
+    trainable = [parameter for parameter in layer.parameters() if parameter.requires_grad]
+    return TiledLayer.apply(layer, function, args[0], *trainable)  # type: ignore[no-untyped-call]
+
+
+def _carries_gradient(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(map(_carries_gradient, value))
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+class TiledLayer(torch.autograd.Function):
+    """A decoder layer checkpointed as reentrant checkpointing does it, with its MLP in tiles.
+
+    Forward: the layer under no_grad, its MLP a tile of tokens at a time (``tiled_values``); only the
+    input is kept (and the random number generators' states, for dropout). Backward: the layer is rerun
+    from its input with the MLP replaced by ``TiledMLP`` (values left out, the gradient taken a tile at a
+    time), then backpropagated from ``grad_output``; the parameters' gradients accumulate in their
+    ``.grad`` inside that inner backward pass (as under reentrant checkpointing, so the outer pass must be
+    ``.backward()``, not ``torch.autograd.grad``). The trainable parameters are inputs of the function
+    only so that its output carries a gradient when the hidden states do not (LoRA's frozen embeddings).
+
+    Under FSDP2 the layer's parameters are gathered around this function in both passes: transformers
+    checkpoints the layer's ``forward``, inside the module hooks that gather them.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, layer: torch.nn.Module, function: Callable[..., Any], hidden: torch.Tensor, *trainable: Any
+    ) -> Any:
+        ctx.layer, ctx.function, ctx.trainable = layer, function, len(trainable)
+        ctx.rng = RngState.capture(hidden)
+        ctx.save_for_backward(hidden)
+        with _mlp_forward(layer.get_submodule("mlp"), tiled_values):
+            return function(hidden)  # [B, T, H]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # [B, T, H]
+        (hidden,) = ctx.saved_tensors
+        leaf = hidden.detach().requires_grad_(hidden.requires_grad)
+        with ctx.rng.restored(), torch.enable_grad():
+            with _mlp_forward(ctx.layer.get_submodule("mlp"), TiledMLP.wrap):
+                output = ctx.function(leaf)  # its values are wrong (the MLP's left out), its graph is right
+            # Still under the restored generators: the tiles draw their dropout masks where the forward
+            # pass's tiles did, after the attention's (TiledMLP's forward pass draws none).
+            torch.autograd.backward(output, grad_output)
+        return (None, None, leaf.grad, *(None,) * ctx.trainable)
+
+
+class TiledMLP(torch.autograd.Function):
+    """``mlp(x)`` for the rerun: the forward pass computes nothing (the output's values are never read:
+    see ``TILED_LAYERS``); the backward pass reruns the MLP a tile of tokens at a time, backpropagating
+    each tile's share of the incoming gradient before the next tile starts."""
+
+    @staticmethod
+    def wrap(mlp: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Any:
+        trainable = [parameter for parameter in mlp.parameters() if parameter.requires_grad]
+        return TiledMLP.apply(forward, tiles_of(mlp), x, *trainable)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def forward(
+        ctx: Any, forward: Callable[[torch.Tensor], torch.Tensor], tiles: int, x: torch.Tensor, *trainable: Any
+    ) -> Any:
+        ctx.forward, ctx.tiles, ctx.trainable = forward, tiles, len(trainable)
+        ctx.save_for_backward(x)
+        return x.new_zeros(()).expand(x.shape)  # [B, T, H], one stored value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # [B, T, H]
+        (x,) = ctx.saved_tensors
+        flat, flat_grad = x.detach().reshape(-1, x.shape[-1]), grad.reshape(-1, x.shape[-1])  # [B*T, H]
+        grad_x = torch.empty_like(flat) if x.requires_grad else None
+        start = 0
+        with torch.enable_grad():
+            for part, part_grad in zip(flat.chunk(ctx.tiles), flat_grad.chunk(ctx.tiles), strict=True):
+                part = part.detach().requires_grad_(x.requires_grad)  # [tile, H]
+                torch.autograd.backward(ctx.forward(part), part_grad)
+                if grad_x is not None:
+                    grad_x[start : start + len(part)] = part.grad
+                start += len(part)
+        return (None, None, None if grad_x is None else grad_x.reshape(x.shape), *(None,) * ctx.trainable)
+
+
+def tiles_of(mlp: torch.nn.Module) -> int:
+    """How many tiles a layer's MLP goes in: intermediate / hidden size, rounded up (ALST's rule), so a
+    tile's [tile, intermediate] activations are about the size of the layer's [tokens, hidden] ones."""
+    intermediate: int = mlp.intermediate_size  # type: ignore[assignment]  # attributes of TILED_LAYERS' MLPs
+    hidden: int = mlp.hidden_size  # type: ignore[assignment]
+    return math.ceil(intermediate / hidden)
+
+
+def tiled_values(
+    mlp: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """``mlp(x)`` computed a tile of tokens at a time (under no_grad: the checkpointed forward pass)."""
+    flat = x.reshape(-1, x.shape[-1])  # [B*T, H]
+    return torch.cat([forward(part) for part in flat.chunk(tiles_of(mlp))]).reshape(x.shape)
+
+
+@contextlib.contextmanager
+def _mlp_forward(mlp: torch.nn.Module, replacement: Callable[..., Any]) -> Iterator[None]:
+    """Inside: ``mlp(x)`` is ``replacement(mlp, forward, x)``, ``forward`` being what ``mlp.forward`` was."""
+    forward, patched = mlp.forward, mlp.__dict__.get("forward")  # an instance's own forward (accelerate's hooks)
+    mlp.forward = functools.partial(replacement, mlp, forward)
+    try:
+        yield
+    finally:
+        if patched is None:
+            del mlp.forward
+        else:
+            mlp.forward = patched
+
+
+@dataclasses.dataclass(frozen=True)
+class RngState:
+    """The random number generators' states (CPU and the tensor's device), to replay dropout in a rerun
+    as torch's checkpoint does (``preserve_rng_state``)."""
+
+    cpu: torch.Tensor
+    devices: list[int]
+    device_states: list[torch.Tensor]
+    device_type: str | None
+
+    @classmethod
+    def capture(cls, tensor: torch.Tensor) -> RngState:
+        devices, states = get_device_states(tensor)
+        device_type = tensor.device.type if devices else None
+        return cls(torch.get_rng_state(), devices, states, device_type)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices, device_type=self.device_type or "cuda"):
+            torch.set_rng_state(self.cpu)
+            set_device_states(self.devices, self.device_states, device_type=self.device_type)
+            yield
