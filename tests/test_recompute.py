@@ -123,10 +123,10 @@ def test_selective_checkpointing_keeps_the_gradient_and_reruns_no_matrix_product
     # non-reentrant checkpoint stops the recomputation once it has every tensor the backward pass needs).
     assert decoder_products(counters["selective"]) == base + (2 * LAYERS if lora else 0)
     # Full checkpointing reruns the attention's products (q, k, v, o; LoRA's A and B of q and v), then the
-    # MLP's forward products in each tile (gate, up, down; LoRA's A and B of down) and splits the MLP's
-    # backward products among the tiles: one more tile's worth (gate, up and down: 2 each, or 1 each
-    # frozen, plus 2 for each of down's A and B).
-    attention, mlp_forward, mlp_backward = (8, 5, 3 + 4) if lora else (4, 3, 6)
+    # MLP's forward products in each tile but down's own, whose output nothing reads (gate, up; LoRA's A
+    # and B of down), and splits the MLP's backward products among the tiles: one more tile's worth (gate,
+    # up and down: 2 each, or 1 each frozen, plus 2 for each of down's A and B).
+    attention, mlp_forward, mlp_backward = (8, 4, 3 + 4) if lora else (4, 2, 6)
     per_layer = attention + TILES * mlp_forward + (TILES - 1) * mlp_backward
     assert decoder_products(counters["full"]) == base + LAYERS * per_layer
     assert counters["none"].counts.get("silu", 0) == 0
@@ -227,12 +227,20 @@ def in_two_tiles(forward, x):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("model_type", "tiled"), [("llama", True), ("mistral", True), ("qwen3", True), ("olmo2", False)]
+    ("model_type", "extra", "tiled"),
+    [
+        ("llama", {}, True),
+        ("llama", {"mlp_bias": True}, True),
+        ("mistral", {}, True),
+        ("qwen3", {}, True),
+        ("olmo2", {}, False),
+    ],
 )
-def test_full_checkpointing_of_each_family_keeps_the_gradient(model_type, tiled):
-    """The layers named in ``TILED_LAYERS`` are tiled; OLMo 2's, which normalises the MLP's output before
-    the residual sum (its backward pass reads those values), is checkpointed untiled. Either way the
-    gradient is that of no checkpointing."""
+def test_full_checkpointing_of_each_family_keeps_the_gradient(model_type, extra, tiled):
+    """The layers named in ``TILED_LAYERS`` are tiled (with biased MLP products too: Llama's
+    ``mlp_bias``); OLMo 2's, which normalises the MLP's output before the residual sum (its backward
+    pass reads those values), is checkpointed untiled. Either way every parameter's gradient is that of
+    no checkpointing."""
     models = []
     for checkpointed in (False, True):
         torch.manual_seed(0)
@@ -248,6 +256,7 @@ def test_full_checkpointing_of_each_family_keeps_the_gradient(model_type, tiled)
             max_position_embeddings=64,
             initializer_range=0.3,
             attn_implementation="sdpa",
+            **extra,
         )
         model = transformers.AutoModelForCausalLM.from_config(config).to(torch.float64).train()
         if checkpointed:

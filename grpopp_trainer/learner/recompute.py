@@ -141,7 +141,7 @@ class TiledLayer(torch.autograd.Function):
         ctx.layer, ctx.function, ctx.trainable = layer, function, len(trainable)
         ctx.rng = RngState.capture(hidden)
         ctx.save_for_backward(hidden)
-        with _mlp_forward(layer.get_submodule("mlp"), tiled_values):
+        with _forward_replaced(layer.get_submodule("mlp"), tiled_values):
             return function(hidden)  # [B, T, H]
 
     @staticmethod
@@ -149,7 +149,7 @@ class TiledLayer(torch.autograd.Function):
         (hidden,) = ctx.saved_tensors
         leaf = hidden.detach().requires_grad_(hidden.requires_grad)
         with ctx.rng.restored(), torch.enable_grad():
-            with _mlp_forward(ctx.layer.get_submodule("mlp"), TiledMLP.wrap):
+            with _forward_replaced(ctx.layer.get_submodule("mlp"), TiledMLP.wrap):
                 output = ctx.function(leaf)  # its values are wrong (the MLP's left out), its graph is right
             # Still under the restored generators: the tiles draw their dropout masks where the forward
             # pass's tiles did, after the attention's (TiledMLP's forward pass draws none).
@@ -165,13 +165,17 @@ class TiledMLP(torch.autograd.Function):
     @staticmethod
     def wrap(mlp: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Any:
         trainable = [parameter for parameter in mlp.parameters() if parameter.requires_grad]
-        return TiledMLP.apply(forward, tiles_of(mlp), x, *trainable)  # type: ignore[no-untyped-call]
+        return TiledMLP.apply(mlp, forward, x, *trainable)  # type: ignore[no-untyped-call]
 
     @staticmethod
     def forward(
-        ctx: Any, forward: Callable[[torch.Tensor], torch.Tensor], tiles: int, x: torch.Tensor, *trainable: Any
+        ctx: Any,
+        mlp: torch.nn.Module,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        x: torch.Tensor,
+        *trainable: Any,
     ) -> Any:
-        ctx.forward, ctx.tiles, ctx.trainable = forward, tiles, len(trainable)
+        ctx.mlp, ctx.forward, ctx.trainable = mlp, forward, len(trainable)
         ctx.save_for_backward(x)
         return x.new_zeros(()).expand(x.shape)  # [B, T, H], one stored value
 
@@ -181,14 +185,53 @@ class TiledMLP(torch.autograd.Function):
         flat, flat_grad = x.detach().reshape(-1, x.shape[-1]), grad.reshape(-1, x.shape[-1])  # [B*T, H]
         grad_x = torch.empty_like(flat) if x.requires_grad else None
         start = 0
-        with torch.enable_grad():
-            for part, part_grad in zip(flat.chunk(ctx.tiles), flat_grad.chunk(ctx.tiles), strict=True):
+        tiles = tiles_of(ctx.mlp)
+        with torch.enable_grad(), _output_product_skipped(ctx.mlp):
+            for part, part_grad in zip(flat.chunk(tiles), flat_grad.chunk(tiles), strict=True):
                 part = part.detach().requires_grad_(x.requires_grad)  # [tile, H]
                 torch.autograd.backward(ctx.forward(part), part_grad)
                 if grad_x is not None:
                     grad_x[start : start + len(part)] = part.grad
                 start += len(part)
         return (None, None, None if grad_x is None else grad_x.reshape(x.shape), *(None,) * ctx.trainable)
+
+
+class OutputFreeLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` whose output nobody reads (the MLP's output product in the tiles, only
+    backpropagated from): the forward pass computes nothing, the backward pass is the linear layer's,
+    dL/dx = g W, dL/dW = gᵀ x, dL/db = Σ g. Untiled checkpointing skips that product the same way (torch's
+    non-reentrant checkpoint stops before it: nothing the backward pass needs comes after it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x if weight.requires_grad else None, weight)
+        return x.new_zeros(()).expand(*x.shape[:-1], weight.shape[0])  # [tile, H], one stored value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # [tile, H]
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_x = grad @ weight if needs_x else None  # [tile, I]
+        grad_weight = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1]) if needs_weight else None
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if needs_bias else None  # [H]
+        return grad_x, grad_weight, grad_bias
+
+
+@contextlib.contextmanager
+def _output_product_skipped(mlp: torch.nn.Module) -> Iterator[None]:
+    """Inside: the MLP's output product (``down_proj``, or its base layer under LoRA: a plain
+    ``nn.Linear``) is an ``OutputFreeLinear``; any other kind of layer runs as it is."""
+    down = mlp.get_submodule("down_proj")
+    linear = getattr(down, "base_layer", down)  # peft's LoRA layer adds its adapters to its base layer's output
+    if type(linear) is not torch.nn.Linear:
+        yield
+        return
+    with _forward_replaced(linear, _output_free):
+        yield
+
+
+def _output_free(linear: torch.nn.Module, forward: Callable[..., Any], x: torch.Tensor) -> torch.Tensor:
+    return OutputFreeLinear.apply(x, linear.weight, linear.bias)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def tiles_of(mlp: torch.nn.Module) -> int:
@@ -208,17 +251,18 @@ def tiled_values(
 
 
 @contextlib.contextmanager
-def _mlp_forward(mlp: torch.nn.Module, replacement: Callable[..., Any]) -> Iterator[None]:
-    """Inside: ``mlp(x)`` is ``replacement(mlp, forward, x)``, ``forward`` being what ``mlp.forward`` was."""
-    forward, patched = mlp.forward, mlp.__dict__.get("forward")  # an instance's own forward (accelerate's hooks)
-    mlp.forward = functools.partial(replacement, mlp, forward)
+def _forward_replaced(module: torch.nn.Module, replacement: Callable[..., Any]) -> Iterator[None]:
+    """Inside: ``module(x)`` is ``replacement(module, forward, x)``, ``forward`` being what
+    ``module.forward`` was."""
+    forward, patched = module.forward, module.__dict__.get("forward")  # an instance's own (accelerate's hooks)
+    module.forward = functools.partial(replacement, module, forward)
     try:
         yield
     finally:
         if patched is None:
-            del mlp.forward
+            del module.forward
         else:
-            mlp.forward = patched
+            module.forward = patched
 
 
 @dataclasses.dataclass(frozen=True)
