@@ -26,7 +26,9 @@ Variants (each in a fresh process; the runs alternate, variant after variant, ``
 - ``full-selective``, ``lora-selective``: selective activation checkpointing
   (``model.gradient_checkpointing: selective``: the products' outputs kept, element-wise work redone);
 - with gradient checkpointing (``model.gradient_checkpointing``; on by default in TRL's ``GRPOConfig``),
-  run when named: ``full-ckpt``, ``lora-ckpt``, ``trl-full-ckpt``, ``trl-lora-ckpt``.
+  run when named: ``full-ckpt``, ``lora-ckpt``, ``trl-full-ckpt``, ``trl-lora-ckpt``;
+  ``full-ckpt-untiled``, ``lora-ckpt-untiled``: the same without the tiled MLP (``recompute.TILED_LAYERS``
+  emptied in the worker: each layer rerun whole by torch's non-reentrant checkpoint, as before tiling).
 
 Measured in each process around the update only, a steady-state one (AdamW's state is allocated
 first by a step on zero gradients, which leaves the weights as they are): seconds, completion tokens
@@ -79,7 +81,8 @@ GRPOPP_VARIANTS = (
     "lora-packed",
 )
 TRL_VARIANTS = ("trl-full", "trl-lora", "trl-full-ckpt", "trl-lora-ckpt")
-CHECKPOINTED = ("full-ckpt", "lora-ckpt", "trl-full-ckpt", "trl-lora-ckpt")
+UNTILED = ("full-ckpt-untiled", "lora-ckpt-untiled")
+CHECKPOINTED = ("full-ckpt", "lora-ckpt", *UNTILED, "trl-full-ckpt", "trl-lora-ckpt")
 """Variants with gradient checkpointing (TRL's GRPOConfig has it on by default): not run unless named."""
 SELECTIVE = ("full-selective", "lora-selective")
 """Variants with selective activation checkpointing (``model.gradient_checkpointing: selective``)."""
@@ -157,6 +160,7 @@ def grpopp_worker(args: argparse.Namespace) -> None:
 
     from grpopp.jobs.run import load_model
     from grpopp.learner import policy as policy_module
+    from grpopp.learner import recompute
     from grpopp.learner.policy import Policy
     from grpopp.rollout.hf import HFEngine
     from grpopp.training.batch import TrainTensors
@@ -167,7 +171,7 @@ def grpopp_worker(args: argparse.Namespace) -> None:
     batch = json.loads(Path(args.batch).read_text())
     rows = len(batch["prompts"])
     lora = args.variant.startswith("lora")
-    checkpointing: bool | str = "selective" if args.variant.endswith("selective") else args.variant.endswith("ckpt")
+    checkpointing: bool | str = "selective" if args.variant.endswith("selective") else "-ckpt" in args.variant
     budget = None
     packing = args.variant.endswith("packed")
     if args.variant.endswith(("budget", "packed")):
@@ -203,6 +207,8 @@ def grpopp_worker(args: argparse.Namespace) -> None:
         policy_module.output_layer = lambda model: None
     if args.variant == "full-plain":
         policy_module.selected_logprobs = plain_logprobs
+    if args.variant in UNTILED:
+        recompute.TILED_LAYERS = frozenset()
     model, tokenizer = load_model(config.model)
     policy = Policy(model, tokenizer, config.optim, 1, torch.device("cpu"))
     trainer = Trainer(config, policy, HFEngine(policy.model, tokenizer), Path(args.run_dir))
@@ -297,7 +303,7 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=[v for v in (*GRPOPP_VARIANTS, *SELECTIVE, *TRL_VARIANTS) if v not in CHECKPOINTED],
-        choices=[*GRPOPP_VARIANTS, *SELECTIVE, "full-ckpt", "lora-ckpt", *TRL_VARIANTS],
+        choices=[*GRPOPP_VARIANTS, *SELECTIVE, "full-ckpt", "lora-ckpt", *UNTILED, *TRL_VARIANTS],
     )
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=8)

@@ -6,19 +6,19 @@ selective (PyTorch's op-level policy).
 Llama, Mistral, Qwen2 and Qwen3 the rerun MLP goes a tile of tokens at a time (``TiledLayer``,
 after ALST's tiled MLP, Bekman et al. 2025, arXiv 2506.13996, section 3.2): a layer's backward pass
 then holds the MLP's [tokens, intermediate] activations and their gradients for one tile, not the
-whole micro-batch, with the same matrix products as untiled checkpointing but for the MLP's output
-product, which the tiles redo (nothing reads its values in the layer's backward pass; the untiled
-rerun stops before it). The gradient is the same (tested in float64).
+whole micro-batch, with the matrix products of untiled checkpointing: neither computes the MLP's
+output product in the rerun, whose values nothing in the layer's backward pass reads (torch's
+checkpoint stops before it; the tiles backpropagate through it without computing it,
+``OutputFreeLinear``). The gradient is the same (tested in float64).
 
 ``selective`` is the same checkpoint with a policy (``torch.utils.checkpoint``'s
 ``create_selective_checkpoint_contexts``, as torchtitan's op-level selective AC): the outputs of the
 matrix products and of the attention kernel are kept from the forward pass, and only the cheap
 element-wise work between them (the RMS norms, rotary embeddings, SiLU x up, residual adds) is redone
 in the backward pass. What a layer holds is then its input and those outputs, without the norms' and
-the MLP's element-wise intermediates, and no matrix product is rerun (full checkpointing reruns every
-one). Measured on a Qwen2.5-0.5B-shaped model on CPU (``benchmarks/bench_learner.py``): it takes 37%
-(LoRA) and 45% (full training) of what full checkpointing takes off the peak memory, for 1.09x and
-1.14x the update's time against full checkpointing's 1.31x and 1.20x.
+the MLP's element-wise intermediates, and no matrix product is rerun (full checkpointing reruns
+nearly every one). Measured against full checkpointing and TRL on a Qwen2.5-0.5B-shaped model
+(``benchmarks/bench_learner.py``): the README's "Activation memory".
 """
 
 from __future__ import annotations
