@@ -7,9 +7,10 @@ Expected values by hand: a Qwen2 decoder layer runs seven linear layers (q, k, v
 o, gate, up, down: ``mm``; LoRA adds A and B to those it adapts) and one SiLU. Its backward pass runs
 two matrix products per linear layer whose weight trains (input and weight gradients), one per frozen
 one (LoRA's base layers: the input gradient). Full checkpointing reruns the attention's products and
-the MLP in tiles (intermediate / hidden size = 256 / 128 = 2 here): each tile runs the MLP's forward
-products and its own backward products. The selective policy reruns the SiLU but no product of inner
-dimension at least ``MIN_INNER``. Without checkpointing nothing is rerun.
+the MLP, in tiles under LoRA (intermediate / hidden size = 256 / 128 = 2 here; whole where the MLP's
+own weights train): each tile runs the MLP's forward products and its own backward products. The
+selective policy reruns the SiLU but no product of inner dimension at least ``MIN_INNER``. Without
+checkpointing nothing is rerun.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from grpopp.recipes.tiny import build_tokenizer
 from grpopp.training.config import ModelConfig
 
 LAYERS = 2
-TILES = 2  # intermediate_size / hidden_size
+TILES = 2  # intermediate_size / hidden_size, under LoRA (the MLP's own weights frozen)
 PROMPTS = [[5, 6, 7]] * 2 + [[8, 9]] * 2
 COMPLETIONS = [[1, 2, 3, 4], [5], [6, 7, 8], [9, 10]]
 
@@ -126,12 +127,15 @@ def test_selective_checkpointing_keeps_the_gradient_and_reruns_no_matrix_product
     # MLP's forward products in each tile but down's own, whose output nothing reads (gate, up; LoRA's A
     # and B of down), and splits the MLP's backward products among the tiles: one more tile's worth (gate,
     # up and down: 2 each, or 1 each frozen, plus 2 for each of down's A and B).
+    # Without LoRA the MLP's weights train: one tile, and the products of untiled checkpointing (every
+    # forward product but the layer's last).
+    tiles = TILES if lora else 1
     attention, mlp_forward, mlp_backward = (8, 4, 3 + 4) if lora else (4, 2, 6)
-    per_layer = attention + TILES * mlp_forward + (TILES - 1) * mlp_backward
+    per_layer = attention + tiles * mlp_forward + (tiles - 1) * mlp_backward
     assert decoder_products(counters["full"]) == base + LAYERS * per_layer
     assert counters["none"].counts.get("silu", 0) == 0
     assert counters["selective"].counts.get("silu", 0) == LAYERS  # the element-wise work is redone
-    assert counters["full"].counts.get("silu", 0) == LAYERS * TILES
+    assert counters["full"].counts.get("silu", 0) == LAYERS * tiles
 
 
 def test_selective_checkpointing_from_the_config(tmp_path):
@@ -168,8 +172,9 @@ class WidestIntermediate(TorchDispatchMode):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_full_checkpointing_holds_the_mlp_activations_of_one_tile(lora):
-    """Every [tokens, intermediate] tensor of the checkpointed layers, forward and backward, is one
-    tile's: half the micro-batch's tokens (rounded up) here, against all of them without checkpointing."""
+    """Under LoRA every [tokens, intermediate] tensor of the checkpointed layers, forward and backward,
+    is one tile's: half the micro-batch's tokens (rounded up) here, against all of them without
+    checkpointing; where the MLP's own weights train, it runs whole."""
     batch = make_token_batch(PROMPTS, COMPLETIONS, pad_token_id=0, device=torch.device("cpu"))
     tokens = batch.input_ids.numel()  # B x T, padding included: the MLP runs on every position
     most = {}
@@ -188,7 +193,7 @@ def test_full_checkpointing_holds_the_mlp_activations_of_one_tile(lora):
             (logprobs * batch.completion_mask).sum().backward()
         most[mode] = (forward.most, backward.most)
     assert most["none"] == (tokens * 256, tokens * 256)
-    assert most["full"] == (math.ceil(tokens / TILES) * 256,) * 2
+    assert most["full"] == ((math.ceil(tokens / TILES) if lora else tokens) * 256,) * 2
 
 
 def test_tiled_checkpointing_replays_the_dropout_of_the_forward_pass():
@@ -237,10 +242,11 @@ def in_two_tiles(forward, x):  # type: ignore[no-untyped-def]
     ],
 )
 def test_full_checkpointing_of_each_family_keeps_the_gradient(model_type, extra, tiled):
-    """The layers named in ``TILED_LAYERS`` are tiled (with biased MLP products too: Llama's
-    ``mlp_bias``); OLMo 2's, which normalises the MLP's output before the residual sum (its backward
-    pass reads those values), is checkpointed untiled. Either way every parameter's gradient is that of
-    no checkpointing."""
+    """The layers named in ``TILED_LAYERS`` take the tiled path (here in full training: one tile, the
+    MLP's output product backpropagated without being computed, biased too with Llama's ``mlp_bias``);
+    OLMo 2's, which normalises the MLP's output before the residual sum (its backward pass reads those
+    values), is checkpointed by torch's checkpoint. Either way every parameter's gradient is that of no
+    checkpointing."""
     models = []
     for checkpointed in (False, True):
         torch.manual_seed(0)
@@ -248,7 +254,7 @@ def test_full_checkpointing_of_each_family_keeps_the_gradient(model_type, extra,
             model_type,
             vocab_size=40,
             hidden_size=64,
-            intermediate_size=160,  # 3 tiles, of 11, 11 and 10 tokens
+            intermediate_size=160,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
