@@ -1,10 +1,11 @@
-"""Activation checkpointing of the decoder layers: full (its MLP recomputed in sequence tiles), or
-selective (PyTorch's op-level policy).
+"""Activation checkpointing of the decoder layers: full (under LoRA its MLP recomputed in sequence
+tiles), or selective (PyTorch's op-level policy).
 
 ``full`` keeps each decoder layer's input only and reruns the whole layer in the backward pass
 (transformers' activation checkpointing, non-reentrant ``torch.utils.checkpoint``). In the layers of
-Llama, Mistral, Qwen2 and Qwen3 the rerun MLP goes a tile of tokens at a time (``TiledLayer``,
-after ALST's tiled MLP, Bekman et al. 2025, arXiv 2506.13996, section 3.2): a layer's backward pass
+Llama, Mistral, Qwen2 and Qwen3 whose MLP weights are frozen (LoRA; ``tiles_of``) the rerun MLP goes
+a tile of tokens at a time (``TiledLayer``, after ALST's tiled MLP, Bekman et al. 2025, arXiv
+2506.13996, section 3.2): a layer's backward pass
 then holds the MLP's [tokens, intermediate] activations and their gradients for one tile, not the
 whole micro-batch, with the matrix products of untiled checkpointing: neither computes the MLP's
 output product in the rerun, whose values nothing in the layer's backward pass reads (torch's

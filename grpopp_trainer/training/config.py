@@ -58,8 +58,8 @@ class ModelConfig(BaseModel):
 
     gradient_checkpointing: bool | Literal["selective"] = False
     """Recompute activations in the backward pass to save memory. true: every decoder layer keeps its input
-    only and is rerun whole in the backward pass, the MLPs of Llama, Mistral, Qwen2 and Qwen3 layers a tile
-    of tokens at a time; "selective": the layers also keep the outputs of their matrix products and
+    only and is rerun whole in the backward pass, under LoRA the MLPs of Llama, Mistral, Qwen2 and Qwen3
+    layers a tile of tokens at a time; "selective": the layers also keep the outputs of their matrix products and
     attention, and only the element-wise work between them is redone (less memory saved than true, for
     less extra time; ``grpopp.learner.recompute``)."""
 
